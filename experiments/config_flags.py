@@ -1,0 +1,40 @@
+"""Command-line flags generated from a settings dataclass, so the dataclass stays the one
+place a default lives. ``tuple[int, ...]`` fields take comma-separated values."""
+import argparse
+import dataclasses
+import typing
+
+
+def _parser_for(annotation):
+    origin = typing.get_origin(annotation)
+    if origin is tuple:
+        item = typing.get_args(annotation)[0]
+        return lambda text: tuple(item(part) for part in text.split(",") if part.strip())
+    if annotation in (int, float, str):
+        return annotation
+    raise TypeError(f"no command-line parser for a field of type {annotation}")
+
+
+def add_dataclass_flags(parser: argparse.ArgumentParser, cls, title: str) -> None:
+    group = parser.add_argument_group(title)
+    hints = typing.get_type_hints(cls)
+    for f in dataclasses.fields(cls):
+        if f.metadata.get("derived"):
+            continue
+        flag = "--" + f.name.replace("_", "-")
+        annotation = hints[f.name]
+        default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
+        shown = ",".join(map(str, default)) if isinstance(default, tuple) else default
+        help_text = f.metadata.get("help", "") + f" (default: {shown})"
+        if annotation is bool:
+            group.add_argument(flag, dest=f.name, action=argparse.BooleanOptionalAction, default=None, help=help_text)
+        else:
+            group.add_argument(flag, dest=f.name, type=_parser_for(annotation), default=None,
+                               choices=f.metadata.get("choices"), metavar=f.name.upper(), help=help_text)
+
+
+def dataclass_from_args(cls, args: argparse.Namespace):
+    """The dataclass with its defaults, overridden by every flag the user gave."""
+    given = {f.name: getattr(args, f.name) for f in dataclasses.fields(cls)
+             if not f.metadata.get("derived") and getattr(args, f.name, None) is not None}
+    return cls(**given)

@@ -1,0 +1,83 @@
+"""Finding data files: the data directory, checksums, and errors that say what to do next."""
+import hashlib
+import os
+from pathlib import Path
+
+ENV_VAR = "PYRO_MODELS_DATA"
+CACHE_DIR = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "pyro_models"
+
+
+class DataError(RuntimeError):
+    """A data file is missing, corrupt or malformed; the message says how to fix it."""
+
+
+class DataDir:
+    """The data directory: ``--data-dir``, else ``$PYRO_MODELS_DATA``, else the user cache.
+
+    Only the cache directory receives downloads: a directory the user named is never written to.
+    """
+
+    def __init__(self, cli_value: str | os.PathLike | None = None):
+        if cli_value is not None:
+            self.path, self.origin = Path(cli_value), "--data-dir"
+        elif os.environ.get(ENV_VAR):
+            self.path, self.origin = Path(os.environ[ENV_VAR]), f"${ENV_VAR}"
+        else:
+            self.path, self.origin = CACHE_DIR, "the default cache directory"
+
+    @property
+    def can_download(self) -> bool:
+        return self.origin == "the default cache directory"
+
+    def describe(self) -> str:
+        return f"{self.path} ({self.origin})"
+
+    def missing(self, relative: str, hint: str = "") -> DataError:
+        how = (
+            f"put the file there, or point --data-dir or ${ENV_VAR} at a directory that has "
+            f"it (same layout as shared/data; see its README)"
+        )
+        if not self.can_download:
+            how += f", or unset both to download into {CACHE_DIR}"
+        return DataError(f"missing data file {relative} in data directory {self.describe()}: {how}{hint}")
+
+
+def sha256_of(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def md5_of(path: Path) -> str:
+    digest = hashlib.md5()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def verify_checksum(path: Path, expected: str, algorithm: str = "sha256") -> None:
+    actual = (sha256_of if algorithm == "sha256" else md5_of)(path)
+    if actual != expected:
+        raise DataError(
+            f"checksum mismatch for {path}: {algorithm} {actual}, expected {expected}; the file is "
+            "truncated or corrupt: delete it and copy or download it again"
+        )
+
+
+def download(url: str, target: Path) -> None:
+    """Fetch ``url`` to ``target`` through a temporary file (no partial file is left behind)."""
+    import urllib.request
+
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = target.with_name(target.name + ".part")
+    try:
+        with urllib.request.urlopen(url, timeout=60) as response, open(tmp, "wb") as out:
+            while block := response.read(1 << 20):
+                out.write(block)
+        os.replace(tmp, target)
+    except OSError as error:
+        tmp.unlink(missing_ok=True)
+        raise DataError(f"could not download {url} to {target}: {error}") from error

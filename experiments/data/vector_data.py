@@ -1,0 +1,33 @@
+"""The container the vector (and flattened image) data set loaders return."""
+from dataclasses import dataclass, field
+
+import torch
+
+
+@dataclass
+class VectorData:
+    """Data points as rows (flattened images in [0, 1] for image sets), with optional labels.
+
+    ``dynamic_binarisation``: train batches are resampled as Bernoulli(pixel intensity) at every
+    step; the evaluation splits were binarised once with a fixed seed, so they stay comparable.
+    """
+
+    name: str
+    train: torch.Tensor
+    valid: torch.Tensor | None
+    test: torch.Tensor
+    image_shape: tuple[int, ...] | None
+    train_labels: torch.Tensor | None = None
+    test_labels: torch.Tensor | None = None
+    dynamic_binarisation: bool = False
+    notes: dict = field(default_factory=dict)
+
+    @property
+    def data_dim(self) -> int:
+        return self.train.shape[1]
+
+
+def binarise_fixed(images: torch.Tensor, seed: int) -> torch.Tensor:
+    """One stochastic binarisation with its own generator (leaves the global RNG alone)."""
+    generator = torch.Generator().manual_seed(seed)
+    return torch.bernoulli(images, generator=generator)

@@ -1,0 +1,149 @@
+"""Experiments for models of vectors with continuous latents, scored by importance sampling:
+the VAE of Cremer et al. and the linear-Gaussian known-answer model."""
+from dataclasses import dataclass
+
+import pyro
+import torch
+
+from guides import build_guide, guide_family
+from inference import ElboObjective, evaluate_importance
+from inference.schedules import kl_warmup
+from pyro_models import LinearGaussian, LinearGaussianConfig, VAE, VAEConfig
+
+from . import plots
+from .base import Built, Experiment, TrainDefaults
+from .batching import EpochBatches
+from .data import IMAGE_DATASETS
+from .data.simulated import load_simulated
+from .data.vector_data import binarise_fixed
+
+TRAIN_EVAL_BINARISATION_SEED = 4321
+
+
+@dataclass
+class DensitySettings:
+    iwae_k: int = 5000  # importance samples per test point for IWAE-K (the IWAE paper's K)
+    eval_points: int = 0  # test points to evaluate; 0: all
+    train_eval_points: int = 0  # training points for train_elbo (one sample each); 0: all
+    kl_warmup_steps: int = 0  # linear KL annealing from 0 to 1 over this many steps
+    eval_max_rows: int = 32768  # particles x points per forward pass (bounds evaluation memory)
+
+
+class DensityExperiment(Experiment):
+    settings_cls = DensitySettings
+    guides = ("ffg",)
+    default_guide = "ffg"
+    supports_local_guide = True
+    model_cls = None
+
+    def build(self, config, settings, data, guide, local):
+        config.data_dim = data.data_dim
+        model = self.model_cls(config)
+        family = guide_family(guide)
+        if local:
+            q = build_guide(family, model.latent_sites, num_points=data.train.shape[0])
+        else:
+            encoder, encoder_dim = model.make_encoder()
+            q = build_guide(family, model.latent_sites, encoder=encoder, encoder_dim=encoder_dim)
+        objective = ElboObjective(pyro.infer.Trace_ELBO(), model.model, q)
+        return Built(model=model, guide=q, objective=objective, modules={"model": model, "guide": q})
+
+    def steps_per_epoch(self, data, batch_size):
+        return data.train.shape[0] // batch_size
+
+    def batches(self, data, batch_size, seed):
+        sampler = EpochBatches(data.train.shape[0], batch_size, seed)
+
+        def batch_for_step(step):
+            idx = sampler.indices(step)
+            x = data.train[idx]
+            if data.dynamic_binarisation:
+                x = torch.bernoulli(x)
+            return {"x": x, "idx": idx}
+
+        return batch_for_step
+
+    def schedule(self, settings, built):
+        if settings.kl_warmup_steps <= 0:
+            return None
+        return kl_warmup([site.name for site in built.model.latent_sites], settings.kl_warmup_steps)
+
+    def evaluate(self, built, data, settings, progress):
+        model, guide = built.model, built.guide
+        train_x = data.train
+        if data.dynamic_binarisation:
+            train_x = binarise_fixed(train_x, TRAIN_EVAL_BINARISATION_SEED)
+        common = dict(max_plate_nesting=model.max_plate_nesting, max_rows=settings.eval_max_rows, progress=progress)
+        summary = {}
+        if guide.amortised:
+            n_train = settings.train_eval_points or train_x.shape[0]
+            train = evaluate_importance(model.model, guide, {"x": train_x[:n_train]}, 1, desc="train ELBO", **common)
+            summary.update({"train_elbo": train.elbo.double().mean().item(), "num_train_points": n_train})
+            label, n = "test", settings.eval_points or data.test.shape[0]
+            points = {"x": data.test[:n]}
+        else:  # a local guide has parameters for training points only: score those
+            label, n = "train", settings.eval_points or train_x.shape[0]
+            points = {"x": train_x[:n], "idx": torch.arange(n)}
+        result = evaluate_importance(
+            model.model, guide, points, settings.iwae_k, desc=f"IWAE-{settings.iwae_k}", **common
+        )
+        summary.update(result.summary(label))
+        summary.update({"iwae_k": settings.iwae_k, f"num_{label}_points": n})
+        summary.update(self.exact_metrics(model, points["x"], label))
+        return summary
+
+    def exact_metrics(self, model, x, label) -> dict:
+        return {}
+
+    def plot(self, built, data, out_dir):
+        files = [plots.training_curve(out_dir / "metrics.csv", out_dir / "training_curve.png", ylabel="-ELBO per data point")]
+        if data.image_shape is None:
+            return files
+        model, guide = built.model, built.guide
+        with torch.no_grad():
+            x = data.test[:10] if guide.amortised else binarise_fixed(data.train[:10], TRAIN_EVAL_BINARISATION_SEED)
+            z = guide(x=x, idx=torch.arange(10))["z"]
+            recon = torch.sigmoid(model.decoder(z))
+            prior_z = torch.randn(20, model.config.latent_dim, generator=torch.Generator().manual_seed(0))
+            samples = torch.sigmoid(model.decoder(prior_z))
+        files.append(plots.image_grid([x, recon], data.image_shape, out_dir / "reconstructions.png",
+                                      ["input", "reconstruction (pixel probabilities)"]))
+        files.append(plots.image_grid([samples[:10], samples[10:]], data.image_shape, out_dir / "samples.png",
+                                      title="decoder means for z ~ p(z)"))
+        return files
+
+
+class VAEExperiment(DensityExperiment):
+    name = "vae"
+    description = "Bernoulli VAE of Cremer, Li & Duvenaud (2018): z in R^50, decoder 50-200-200-784"
+    config_cls = VAEConfig
+    model_cls = VAE
+    datasets = tuple(IMAGE_DATASETS)
+    default_dataset = "digits"
+
+    def load_data(self, dataset, data_dir):
+        return IMAGE_DATASETS[dataset](data_dir)
+
+    def train_defaults(self, dataset):
+        if dataset == "digits":  # the embedded default: a couple of minutes on 2 cores
+            return TrainDefaults(steps=3000, batch_size=100, lr=1e-3, log_every=100, checkpoint_every=1000)
+        return TrainDefaults(steps=100_000, batch_size=100, lr=1e-3, log_every=500, checkpoint_every=5000)
+
+
+class LinearGaussianExperiment(DensityExperiment):
+    name = "linear_gaussian"
+    description = "linear-Gaussian model (probabilistic PCA) on simulated data: log p(x) known exactly"
+    config_cls = LinearGaussianConfig
+    model_cls = LinearGaussian
+    datasets = ("simulated",)
+    default_dataset = "simulated"
+
+    def load_data(self, dataset, data_dir):
+        return load_simulated(data_dir)
+
+    def train_defaults(self, dataset):
+        return TrainDefaults(steps=2000, batch_size=100, lr=1e-2, log_every=100, checkpoint_every=1000)
+
+    def exact_metrics(self, model, x, label):
+        with torch.no_grad():
+            return {f"{label}_log_px_exact": model.log_marginal(x).double().mean().item()}

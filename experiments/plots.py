@@ -1,0 +1,42 @@
+"""PNG plots shared by experiments (matplotlib with the file-only Agg backend)."""
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import torch  # noqa: E402
+
+from inference.metrics_log import read_metrics  # noqa: E402
+
+
+def image_grid(rows: list[torch.Tensor], image_shape, path: Path, row_titles=None, title: str = "") -> Path:
+    """Each entry of ``rows`` is a (n, D) tensor of pixel values in [0, 1], drawn as one row."""
+    n_rows, n_cols = len(rows), max(len(r) for r in rows)
+    fig, axes = plt.subplots(n_rows, n_cols, figsize=(n_cols * 0.9, n_rows * 0.95 + 0.4), squeeze=False)
+    for i, row in enumerate(rows):
+        for j in range(n_cols):
+            ax = axes[i][j]
+            ax.axis("off")
+            if j < len(row):
+                ax.imshow(row[j].reshape(image_shape).detach().cpu().numpy(), cmap="gray", vmin=0, vmax=1)
+        if row_titles:
+            axes[i][0].set_title(row_titles[i], fontsize=7, loc="left")
+    fig.suptitle(title, fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=80)
+    plt.close(fig)
+    return path
+
+
+def training_curve(metrics_csv: Path, path: Path, column: str = "loss", ylabel: str = "loss") -> Path:
+    rows = read_metrics(metrics_csv)
+    fig, ax = plt.subplots(figsize=(5, 3.2))
+    ax.plot([r["step"] for r in rows], [r[column] for r in rows])
+    ax.set_xlabel("step")
+    ax.set_ylabel(ylabel)
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path

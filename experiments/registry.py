@@ -1,0 +1,4 @@
+"""The models the command line knows, by name."""
+from .density import LinearGaussianExperiment, VAEExperiment
+
+EXPERIMENTS = {experiment.name: experiment for experiment in (VAEExperiment(), LinearGaussianExperiment())}

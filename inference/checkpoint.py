@@ -1,0 +1,46 @@
+"""Checkpoints: module and optimizer state plus every random number generator, written atomically."""
+import os
+import random
+from pathlib import Path
+
+import numpy as np
+import torch
+
+
+def rng_state() -> dict:
+    return {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate()}
+
+
+def set_rng_state(state: dict) -> None:
+    torch.set_rng_state(state["torch"])
+    np.random.set_state(state["numpy"])
+    random.setstate(state["python"])
+
+
+def save_checkpoint(path: Path, step: int, modules: dict, optimizer, extra: dict | None = None) -> None:
+    """Write to a temporary file and rename, so an interruption never leaves a half-written file."""
+    state = {
+        "step": step,
+        "modules": {name: module.state_dict() for name, module in modules.items()},
+        "optimizer": optimizer.state_dict() if optimizer is not None else None,
+        "rng": rng_state(),
+        "extra": extra or {},
+    }
+    path = Path(path)
+    tmp = path.with_name(path.name + ".tmp")
+    torch.save(state, tmp)
+    os.replace(tmp, path)
+
+
+def load_checkpoint(path: Path) -> dict:
+    try:
+        return torch.load(path, map_location="cpu", weights_only=False)
+    except FileNotFoundError:
+        raise
+    except Exception as error:  # a truncated or foreign file
+        raise RuntimeError(f"cannot read checkpoint {path}: {error}") from error
+
+
+def restore_modules(state: dict, modules: dict) -> None:
+    for name, module in modules.items():
+        module.load_state_dict(state["modules"][name])

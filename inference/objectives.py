@@ -1,0 +1,48 @@
+"""Objectives the runner steps: each computes a scalar loss for one batch and its gradients.
+
+A Pyro ELBO (Trace_ELBO, TraceGraph_ELBO with baselines, TraceEnum_ELBO, ...) and a plain
+differentiable loss (e.g. InfoNCE) are interchangeable to the runner.
+"""
+from collections.abc import Callable
+
+import torch
+from pyro import poutine
+
+
+def batch_size_of(batch: dict) -> int:
+    for value in batch.values():
+        if torch.is_tensor(value) and value.dim() > 0:
+            return value.shape[0]
+    raise ValueError("cannot tell the batch size: the batch holds no tensor with a batch dimension")
+
+
+class ElboObjective:
+    """Negative ELBO per data point, through ``elbo.loss_and_grads``.
+
+    ``loss_and_grads`` is the one entry point every Pyro ELBO has (TraceGraph_ELBO has no
+    ``differentiable_loss``). Model and guide are scaled by 1/batch so the loss and gradients are
+    per data point: gradient clipping then means the same thing at any batch size.
+    """
+
+    def __init__(self, elbo, model: Callable, guide: Callable):
+        self.elbo = elbo
+        self.model = model
+        self.guide = guide
+
+    def __call__(self, batch: dict, **schedule) -> float:
+        per_point = 1.0 / batch_size_of(batch)
+        model = poutine.scale(self.model, scale=per_point)
+        guide = poutine.scale(self.guide, scale=per_point)
+        return self.elbo.loss_and_grads(model, guide, **batch, **schedule)
+
+
+class LossObjective:
+    """Any differentiable scalar ``loss_fn(**batch, **schedule)``; the runner minimises it."""
+
+    def __init__(self, loss_fn: Callable[..., torch.Tensor]):
+        self.loss_fn = loss_fn
+
+    def __call__(self, batch: dict, **schedule) -> float:
+        loss = self.loss_fn(**batch, **schedule)
+        loss.backward()
+        return loss.item()

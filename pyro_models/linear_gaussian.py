@@ -1,0 +1,71 @@
+"""Linear-Gaussian latent variable model (probabilistic PCA): the known-answer model.
+
+z ~ N(0, I_d), x | z ~ N(W z + b, s^2 I_D). Both log p(x) and the posterior p(z | x) are
+Gaussian in closed form, so every estimator in ``inference/`` is tested against it first.
+"""
+import math
+from dataclasses import dataclass
+
+import pyro
+import pyro.distributions as dist
+import torch
+from torch import nn
+
+from guides.scaling import latent_scale
+from guides.sites import LatentSite
+
+from .networks import KeywordInput, mlp
+
+
+@dataclass
+class LinearGaussianConfig:
+    data_dim: int = 8
+    latent_dim: int = 2
+    noise_scale: float = 0.5
+    encoder_hidden: tuple[int, ...] = (32,)
+
+
+class LinearGaussian(nn.Module):
+    max_plate_nesting = 1
+
+    def __init__(self, config: LinearGaussianConfig = LinearGaussianConfig()):
+        super().__init__()
+        self.config = config
+        self.weight = nn.Parameter(torch.randn(config.data_dim, config.latent_dim) / math.sqrt(config.latent_dim))
+        self.bias = nn.Parameter(torch.zeros(config.data_dim))
+        self.log_noise = nn.Parameter(torch.tensor(math.log(config.noise_scale)))
+
+    @property
+    def latent_sites(self) -> tuple[LatentSite, ...]:
+        return (LatentSite("z", self.config.latent_dim),)
+
+    def make_encoder(self) -> tuple[nn.Module, int]:
+        sizes = [self.config.data_dim, *self.config.encoder_hidden]
+        return KeywordInput(mlp(sizes, activate_last=True)), sizes[-1]
+
+    def model(self, x: torch.Tensor, idx=None, latent_scales=None):
+        pyro.module("linear_gaussian", self)
+        d = self.config.latent_dim
+        with pyro.plate("data", x.shape[0], dim=-1):
+            with latent_scale("z", latent_scales):
+                z = pyro.sample("z", dist.Normal(x.new_zeros(()), 1.0).expand([x.shape[0], d]).to_event(1))
+            mean = z @ self.weight.T + self.bias
+            pyro.sample("x", dist.Normal(mean, self.log_noise.exp()).to_event(1), obs=x)
+
+    # Closed forms -------------------------------------------------------------------------
+
+    def marginal(self) -> dist.MultivariateNormal:
+        """p(x) = N(b, W W^T + s^2 I)."""
+        cov = self.weight @ self.weight.T + self.log_noise.exp() ** 2 * torch.eye(self.config.data_dim)
+        return dist.MultivariateNormal(self.bias, covariance_matrix=cov)
+
+    def log_marginal(self, x: torch.Tensor) -> torch.Tensor:
+        return self.marginal().log_prob(x)
+
+    def posterior(self, x: torch.Tensor) -> dist.MultivariateNormal:
+        """p(z | x) = N(S W^T (x - b) / s^2, S) with S = (I + W^T W / s^2)^-1."""
+        noise_var = self.log_noise.exp() ** 2
+        precision = torch.eye(self.config.latent_dim) + self.weight.T @ self.weight / noise_var
+        cov = torch.linalg.inv(precision)
+        mean = (x - self.bias) @ self.weight @ cov.T / noise_var
+        return dist.MultivariateNormal(mean, covariance_matrix=cov.expand(x.shape[0], -1, -1))

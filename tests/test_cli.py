@@ -1,0 +1,148 @@
+"""run/svi.py end to end, in subprocesses: the contract of DESIGN.md."""
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+
+from conftest import ROOT
+from experiments.registry import EXPERIMENTS
+from helpers import module_states_equal, run_cli
+
+# Every registered model must be listed here (a test below fails otherwise), with the flags
+# that make its two-step run fast.
+SMOKE_FLAGS = {
+    "vae": ["--iwae-k", "5", "--eval-points", "20", "--train-eval-points", "50"],
+    "linear_gaussian": ["--iwae-k", "5"],
+}
+RUN_FILES = ["summary.json", "metrics.csv", "config.json", "checkpoint.pt", "training_curve.png"]
+
+
+def test_every_registered_model_has_a_smoke_run():
+    assert set(SMOKE_FLAGS) == set(EXPERIMENTS), "add the new model to SMOKE_FLAGS"
+
+
+@pytest.mark.parametrize("model", sorted(SMOKE_FLAGS))
+def test_two_steps_of_every_model(model, tmp_path):
+    result = run_cli("--model", model, "--steps", "2", "--out", tmp_path, "--no-progress", *SMOKE_FLAGS[model])
+    assert result.returncode == 0, result.stderr
+    for name in RUN_FILES:
+        assert (tmp_path / name).exists(), name
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    assert summary["train_steps"] == 2
+
+
+def test_vae_summary_and_plots(tmp_path):
+    result = run_cli("--model", "vae", "--steps", "30", "--out", tmp_path, "--no-progress", *SMOKE_FLAGS["vae"])
+    assert result.returncode == 0, result.stderr
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    for key in ("test_elbo", "test_iwae", "iwae_k", "train_elbo", "num_test_points"):
+        assert key in summary, key
+    assert summary["iwae_k"] == 5 and summary["num_test_points"] == 20
+    assert summary["test_elbo"] <= summary["test_iwae"] < 0
+    assert (tmp_path / "reconstructions.png").exists() and (tmp_path / "samples.png").exists()
+    config = json.loads((tmp_path / "config.json").read_text())
+    assert config["run"]["dataset"] == "digits" and config["train"]["steps"] == 30
+
+
+def test_local_guide_trains_and_scores_training_points(tmp_path):
+    result = run_cli("--model", "linear_gaussian", "--local", "--steps", "200", "--out", tmp_path,
+                     "--no-progress", "--iwae-k", "200", "--eval-points", "100")
+    assert result.returncode == 0, result.stderr
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    assert summary["num_train_points"] == 100 and "test_iwae" not in summary
+    assert summary["train_elbo"] < summary["train_iwae"] <= summary["train_log_px_exact"] + 0.05
+
+
+def test_help_lists_models_guides_and_datasets():
+    result = run_cli("--help")
+    assert result.returncode == 0
+    text = " ".join(result.stdout.split())
+    for name in [*EXPERIMENTS, "ffg", "binarized_mnist", "mnist", "digits"]:
+        assert name in text, name
+    model_help = run_cli("--model", "vae", "--help")
+    assert "--latent-dim" in model_help.stdout and "--iwae-k" in model_help.stdout
+
+
+@pytest.mark.parametrize("flags, named", [
+    (["--model", "nope"], "vae"),
+    (["--model", "vae", "--guide", "nope"], "ffg"),
+    (["--model", "vae", "--dataset", "nope"], "binarized_mnist"),
+    (["--model", "vae", "--steps", "0"], "--steps"),
+    (["--model", "vae", "--latent-dim", "x"], "latent"),
+])
+def test_bad_usage_exits_2_naming_the_valid_choices(flags, named):
+    result = run_cli(*flags)
+    assert result.returncode == 2
+    assert named in result.stderr
+
+
+def test_missing_data_file_exits_1_naming_file_directory_and_remedy(tmp_path):
+    env = {**os.environ, "PYRO_MODELS_DATA": str(tmp_path)}
+    result = run_cli("--model", "vae", "--dataset", "binarized_mnist", "--steps", "1", "--out", tmp_path / "o", env=env)
+    assert result.returncode == 1
+    message = result.stderr.strip().splitlines()[-1]
+    assert "binarized_mnist/binarized_mnist_uint8.npz" in message
+    assert str(tmp_path) in message and "PYRO_MODELS_DATA" in message and "--data-dir" in message
+
+
+def test_corrupt_data_file_is_detected(tmp_path, data_dir):
+    folder = tmp_path / "binarized_mnist"
+    folder.mkdir()
+    original = (data_dir / "binarized_mnist" / "binarized_mnist_uint8.npz").read_bytes()
+    (folder / "binarized_mnist_uint8.npz").write_bytes(original[: len(original) // 2])  # truncated
+    result = run_cli("--model", "vae", "--dataset", "binarized_mnist", "--data-dir", tmp_path, "--steps", "1",
+                     "--out", tmp_path / "o")
+    assert result.returncode == 1
+    assert "checksum mismatch" in result.stderr and "truncated or corrupt" in result.stderr
+
+
+def test_sigint_then_resume_reproduces_the_uninterrupted_run(tmp_path):
+    flags = ["--model", "vae", "--steps", "600", "--log-every", "20", "--no-progress", "--iwae-k", "2",
+             "--eval-points", "10", "--train-eval-points", "10"]
+    straight = run_cli(*flags, "--out", tmp_path / "straight")
+    assert straight.returncode == 0, straight.stderr
+
+    out = tmp_path / "interrupted"
+    process = subprocess.Popen([sys.executable, str(ROOT / "run" / "svi.py"), *flags, "--out", str(out)],
+                               cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 120
+    while not (out / "metrics.csv").exists() and time.time() < deadline:
+        time.sleep(0.05)
+    process.send_signal(signal.SIGINT)
+    _, stderr = process.communicate(timeout=120)
+    assert process.returncode == 130, stderr
+    assert "--resume" in stderr
+    step = torch.load(out / "checkpoint.pt", weights_only=False)["step"]
+    assert 0 < step < 600
+
+    resumed = run_cli(*flags, "--out", out, "--resume")
+    assert resumed.returncode == 0, resumed.stderr
+    a = torch.load(tmp_path / "straight" / "checkpoint.pt", weights_only=False)["modules"]
+    b = torch.load(out / "checkpoint.pt", weights_only=False)["modules"]
+    assert all(module_states_equal(a[name], b[name]) for name in a)
+    assert (out / "metrics.csv").read_text() .count("\n") == (tmp_path / "straight" / "metrics.csv").read_text().count("\n")
+
+
+def test_resume_refuses_changed_settings(tmp_path):
+    first = run_cli("--model", "linear_gaussian", "--steps", "3", "--out", tmp_path, "--iwae-k", "2")
+    assert first.returncode == 0, first.stderr
+    again = run_cli("--model", "linear_gaussian", "--steps", "6", "--out", tmp_path, "--iwae-k", "2",
+                    "--lr", "0.5", "--resume")
+    assert again.returncode == 1 and "lr" in again.stderr
+
+
+def test_nan_during_training_exits_1_and_keeps_the_checkpoint(tmp_path):
+    """A learning rate that blows up the linear-Gaussian model stops the run, naming the step."""
+    result = run_cli("--model", "linear_gaussian", "--steps", "400", "--lr", "1e12", "--checkpoint-every", "1",
+                     "--out", tmp_path, "--no-progress")
+    assert result.returncode == 1, result.stderr
+    message = result.stderr.strip().splitlines()[-1]
+    assert "became non-finite at step" in message and "last good checkpoint" in message
+    state = torch.load(tmp_path / "checkpoint.pt", weights_only=False)
+    assert all(torch.isfinite(v).all() for s in state["modules"].values() for v in s.values())

@@ -1,0 +1,83 @@
+"""The runner: exact resume after an interruption, NaN detection that keeps the last checkpoint."""
+import signal
+
+import pyro
+import pytest
+import torch
+
+from experiments.data.simulated import load_simulated
+from experiments.registry import EXPERIMENTS
+from helpers import module_states_equal
+from inference import TrainingDiverged, TrainingInterrupted, TrainSettings, train
+from inference.checkpoint import load_checkpoint
+from inference.metrics_log import read_metrics
+
+
+def setup(init_seed=0):
+    """A small linear-Gaussian run built the way the CLI builds it (data order seeded by 0)."""
+    experiment = EXPERIMENTS["linear_gaussian"]
+    data = load_simulated()
+    pyro.set_rng_seed(init_seed)
+    built = experiment.build(experiment.config_cls(), experiment.settings_cls(), data, "ffg", False)
+    return built, experiment.batches(data, 32, seed=0)
+
+
+def settings(steps, **kw):
+    return TrainSettings(steps=steps, lr=1e-2, log_every=2, checkpoint_every=100, progress=False, **kw)
+
+
+def test_interrupted_then_resumed_run_equals_uninterrupted_run(tmp_path):
+    built, batches = setup()
+    train(built.objective, built.modules, batches, settings(10), tmp_path / "straight")
+    straight = load_checkpoint(tmp_path / "straight" / "checkpoint.pt")
+
+    built, batches = setup()
+
+    def interrupt_at_step_4(step):
+        if step == 4:
+            signal.raise_signal(signal.SIGINT)  # what Ctrl-C does: the loop stops at the next step
+        return {}
+
+    with pytest.raises(TrainingInterrupted, match="after step 4"):
+        train(built.objective, built.modules, batches, settings(10), tmp_path / "resumed", on_log=interrupt_at_step_4)
+    assert load_checkpoint(tmp_path / "resumed" / "checkpoint.pt")["step"] == 4
+
+    built, batches = setup(init_seed=123)  # other initial values and RNG: everything must come from the checkpoint
+    train(built.objective, built.modules, batches, settings(10), tmp_path / "resumed", resume=True)
+    resumed = load_checkpoint(tmp_path / "resumed" / "checkpoint.pt")
+    for name in straight["modules"]:
+        assert module_states_equal(straight["modules"][name], resumed["modules"][name]), name
+    rows = read_metrics(tmp_path / "resumed" / "metrics.csv")
+    assert [r["step"] for r in rows] == [2, 4, 6, 8, 10]
+    assert [r["loss"] for r in rows] == [r["loss"] for r in read_metrics(tmp_path / "straight" / "metrics.csv")]
+
+
+def test_nan_loss_stops_with_the_step_and_keeps_the_last_checkpoint(tmp_path):
+    built, batches = setup()
+
+    def objective(batch, **schedule):
+        loss = built.objective(batch, **schedule)
+        return float("nan") if objective.calls == 7 else loss
+
+    def counting(batch, **schedule):
+        objective.calls += 1
+        return objective(batch, **schedule)
+
+    objective.calls = 0
+    with pytest.raises(TrainingDiverged, match=r"at step 7; last good checkpoint: .*\(step 5\)"):
+        train(counting, built.modules, batches, TrainSettings(steps=20, checkpoint_every=5, progress=False), tmp_path)
+    saved = load_checkpoint(tmp_path / "checkpoint.pt")
+    assert saved["step"] == 5
+    assert all(torch.isfinite(v).all() for state in saved["modules"].values() for v in state.values())
+
+
+def test_non_finite_gradient_is_caught(tmp_path):
+    built, batches = setup()
+
+    def objective(batch, **schedule):
+        loss = built.objective(batch, **schedule)
+        built.model.weight.grad.fill_(float("inf"))
+        return loss
+
+    with pytest.raises(TrainingDiverged, match="gradient norm .* at step 1"):
+        train(objective, built.modules, batches, settings(3), tmp_path)
