@@ -70,7 +70,8 @@ class Experiment:
         """None, or a function step -> extra metrics for the log row."""
         return None
 
-    def evaluate(self, built: Built, data, settings, progress: bool) -> dict:
+    def evaluate(self, built: Built, data, settings, out_dir: Path, progress: bool) -> dict:
+        """Final metrics for summary.json (``out_dir`` holds metrics.csv; other files may go there)."""
         raise NotImplementedError
 
     def plot(self, built: Built, data, out_dir: Path) -> list[Path]:

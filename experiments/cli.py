@@ -146,7 +146,7 @@ def run(experiment, args) -> dict:
     for module in built.modules.values():
         module.eval()
     started = time.perf_counter()
-    summary = experiment.evaluate(built, data, settings, args.progress)
+    summary = experiment.evaluate(built, data, settings, out, args.progress)
     summary.update({"train_steps": last["step"], "train_loss_last": last.get("loss"),
                     "train_wall_s": round(last["elapsed_s"], 1), "eval_wall_s": round(time.perf_counter() - started, 1)})
     (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")

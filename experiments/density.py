@@ -68,7 +68,7 @@ class DensityExperiment(Experiment):
             return None
         return kl_warmup([site.name for site in built.model.latent_sites], settings.kl_warmup_steps)
 
-    def evaluate(self, built, data, settings, progress):
+    def evaluate(self, built, data, settings, out_dir, progress):
         model, guide = built.model, built.guide
         train_x = data.train
         if data.dynamic_binarisation:

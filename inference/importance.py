@@ -8,6 +8,7 @@ the log-mean-exp.
 import math
 from dataclasses import dataclass
 
+import pyro
 import torch
 from tqdm.auto import tqdm
 
@@ -67,7 +68,8 @@ def evaluate_importance(
         chunks = []
         for done in range(0, num_particles, particle_chunk):
             k = min(particle_chunk, num_particles - done)
-            chunks.append(log_weights(model, guide, k, max_plate_nesting, **batch))
+            with pyro.validation_enabled(not results and not chunks):  # check the first pass only
+                chunks.append(log_weights(model, guide, k, max_plate_nesting, **batch))
         results.append(reduce_log_weights(torch.cat(chunks)))
     elbo, iwae, ess = (torch.cat(parts) for parts in zip(*results))
     return ImportanceResult(elbo=elbo, iwae=iwae, ess=ess, num_particles=num_particles)

@@ -5,6 +5,7 @@ differentiable loss (e.g. InfoNCE) are interchangeable to the runner.
 """
 from collections.abc import Callable
 
+import pyro
 import torch
 from pyro import poutine
 
@@ -22,18 +23,25 @@ class ElboObjective:
     ``loss_and_grads`` is the one entry point every Pyro ELBO has (TraceGraph_ELBO has no
     ``differentiable_loss``). Model and guide are scaled by 1/batch so the loss and gradients are
     per data point: gradient clipping then means the same thing at any batch size.
+
+    Pyro's validation (shapes, supports, model/guide agreement) runs on the first call only;
+    after that the checks cost time and find nothing new.
     """
 
     def __init__(self, elbo, model: Callable, guide: Callable):
         self.elbo = elbo
         self.model = model
         self.guide = guide
+        self.validated = False
 
     def __call__(self, batch: dict, **schedule) -> float:
         per_point = 1.0 / batch_size_of(batch)
         model = poutine.scale(self.model, scale=per_point)
         guide = poutine.scale(self.guide, scale=per_point)
-        return self.elbo.loss_and_grads(model, guide, **batch, **schedule)
+        with pyro.validation_enabled(not self.validated):
+            loss = self.elbo.loss_and_grads(model, guide, **batch, **schedule)
+        self.validated = True
+        return loss
 
 
 class LossObjective:

@@ -11,6 +11,7 @@ from torch import nn
 from guides.scaling import latent_scale
 from guides.sites import LatentSite
 
+from .likelihoods import BernoulliLogits
 from .networks import KeywordInput, mlp
 
 
@@ -48,6 +49,6 @@ class VAE(nn.Module):
             with latent_scale("z", latent_scales):
                 z = pyro.sample("z", prior.to_event(1))
             logits = self.decoder(z)
-            pyro.sample("x", dist.Bernoulli(logits=logits, validate_args=False).to_event(1), obs=x)
+            pyro.sample("x", BernoulliLogits(logits).to_event(1), obs=x)
         return logits
 
