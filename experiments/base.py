@@ -3,15 +3,12 @@
 An ``Experiment`` is the glue between a model (a plain Pyro program in ``pyro_models``), the
 guide families, the runner and the estimators. The CLI and the runner are the same for all.
 """
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 from torch import nn
 
-
-def derived(default=None):
-    """A config field the experiment sets from the data (not a command-line flag)."""
-    return field(default=default, metadata={"derived": True})
+from pyro_models.settings import derived, setting  # noqa: F401  (re-exported for experiment settings)
 
 
 @dataclass

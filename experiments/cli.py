@@ -34,12 +34,17 @@ def build_parser(experiment=None) -> argparse.ArgumentParser:
         + ". Use --model M --help for the model's own settings.",
     )
     parser.add_argument("--model", required=True, choices=list(EXPERIMENTS), help="which model to train")
-    all_guides = sorted(set(GUIDE_FAMILIES) | {g for e in EXPERIMENTS.values() for g in e.guides})
-    parser.add_argument("--guide", help=f"guide family (registered: {', '.join(all_guides)}; default: the model's)")
+    if experiment is None:
+        guides = sorted(set(GUIDE_FAMILIES) | {g for e in EXPERIMENTS.values() for g in e.guides})
+        datasets = sorted({d for e in EXPERIMENTS.values() for d in e.datasets})
+        defaults = "the model's"
+    else:
+        guides, datasets = experiment.guides, experiment.datasets
+        defaults = f"{experiment.default_guide} / {experiment.default_dataset}"
+    parser.add_argument("--guide", help=f"guide family ({', '.join(guides)}; default: {defaults.split(' / ')[0]})")
     parser.add_argument("--local", action="store_true",
                         help="free per-datapoint guide parameters instead of an encoder (non-amortised)")
-    all_datasets = sorted({d for e in EXPERIMENTS.values() for d in e.datasets})
-    parser.add_argument("--dataset", help=f"data set (registered: {', '.join(all_datasets)}; default: the model's)")
+    parser.add_argument("--dataset", help=f"data set ({', '.join(datasets)}; default: {defaults.split(' / ')[-1]})")
     parser.add_argument("--data-dir", help="data directory (default: $PYRO_MODELS_DATA, else ~/.cache/pyro_models)")
     length = parser.add_mutually_exclusive_group()
     length.add_argument("--steps", type=int, help="optimisation steps (default: the model's)")

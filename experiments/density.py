@@ -5,10 +5,11 @@ from dataclasses import dataclass
 import pyro
 import torch
 
-from guides import build_guide, guide_family
+from guides import auxiliary_reverse_for, build_guide, guide_family, with_auxiliary
 from inference import ElboObjective, evaluate_importance
 from inference.schedules import kl_warmup
 from pyro_models import LinearGaussian, LinearGaussianConfig, VAE, VAEConfig
+from pyro_models.settings import setting
 
 from . import plots
 from .base import Built, Experiment, TrainDefaults
@@ -22,16 +23,16 @@ TRAIN_EVAL_BINARISATION_SEED = 4321
 
 @dataclass
 class DensitySettings:
-    iwae_k: int = 5000  # importance samples per test point for IWAE-K (the IWAE paper's K)
-    eval_points: int = 0  # test points to evaluate; 0: all
-    train_eval_points: int = 0  # training points for train_elbo (one sample each); 0: all
-    kl_warmup_steps: int = 0  # linear KL annealing from 0 to 1 over this many steps
-    eval_max_rows: int = 32768  # particles x points per forward pass (bounds evaluation memory)
+    iwae_k: int = setting(5000, "importance samples per test point for IWAE-K")
+    eval_points: int = setting(0, "test points to evaluate (0: all)")
+    train_eval_points: int = setting(0, "training points for train_elbo, one sample each (0: all)")
+    kl_warmup_steps: int = setting(0, "linear KL annealing from 0 to 1 over this many steps")
+    eval_max_rows: int = setting(32768, "particles x points per forward pass (bounds evaluation memory)")
 
 
 class DensityExperiment(Experiment):
     settings_cls = DensitySettings
-    guides = ("ffg",)
+    guides = ("ffg", "planar", "realnvp", "auxflow")
     default_guide = "ffg"
     supports_local_guide = True
     model_cls = None
@@ -45,8 +46,28 @@ class DensityExperiment(Experiment):
         else:
             encoder, encoder_dim = model.make_encoder()
             q = build_guide(family, model.latent_sites, encoder=encoder, encoder_dim=encoder_dim)
-        objective = ElboObjective(pyro.infer.Trace_ELBO(), model.model, q)
-        return Built(model=model, guide=q, objective=objective, modules={"model": model, "guide": q})
+        modules = {"model": model, "guide": q}
+        reverse = auxiliary_reverse_for(q, *model.make_encoder())  # r(v | z, x) of an auxiliary flow
+        if reverse is not None:
+            modules["reverse"] = reverse
+        built = Built(model=model, guide=q, objective=None, modules=modules)
+        built.objective = ElboObjective(pyro.infer.Trace_ELBO(), self.model_program(built), q)
+        return built
+
+    def model_program(self, built):
+        """The program the guide is scored against: the model, plus r(v | z, x) for an
+        auxiliary-variable guide (its bound is E[log p(x,z) + log r(v|z,x) - log q(z,v|x)])."""
+        reverse = built.modules.get("reverse")
+        return built.model.model if reverse is None else with_auxiliary(built.model.model, reverse)
+
+    def evaluation_points(self, data, num_points: int, split: str = "train") -> dict:
+        """The first ``num_points`` points of a split as model keyword arguments (training
+        images fixed-binarised once when the data set binarises dynamically)."""
+        x = data.train if split == "train" else data.test
+        if split == "train" and data.dynamic_binarisation:
+            x = binarise_fixed(x, TRAIN_EVAL_BINARISATION_SEED)
+        x = x[:num_points]
+        return {"x": x, "idx": torch.arange(x.shape[0])}
 
     def steps_per_epoch(self, data, batch_size):
         return data.train.shape[0] // batch_size
@@ -69,7 +90,7 @@ class DensityExperiment(Experiment):
         return kl_warmup([site.name for site in built.model.latent_sites], settings.kl_warmup_steps)
 
     def evaluate(self, built, data, settings, out_dir, progress):
-        model, guide = built.model, built.guide
+        model, guide, program = built.model, built.guide, self.model_program(built)
         train_x = data.train
         if data.dynamic_binarisation:
             train_x = binarise_fixed(train_x, TRAIN_EVAL_BINARISATION_SEED)
@@ -77,7 +98,7 @@ class DensityExperiment(Experiment):
         summary = {}
         if guide.amortised:
             n_train = settings.train_eval_points or train_x.shape[0]
-            train = evaluate_importance(model.model, guide, {"x": train_x[:n_train]}, 1, desc="train ELBO", **common)
+            train = evaluate_importance(program, guide, {"x": train_x[:n_train]}, 1, desc="train ELBO", **common)
             summary.update({"train_elbo": train.elbo.double().mean().item(), "num_train_points": n_train})
             label, n = "test", settings.eval_points or data.test.shape[0]
             points = {"x": data.test[:n]}
@@ -85,7 +106,7 @@ class DensityExperiment(Experiment):
             label, n = "train", settings.eval_points or train_x.shape[0]
             points = {"x": train_x[:n], "idx": torch.arange(n)}
         result = evaluate_importance(
-            model.model, guide, points, settings.iwae_k, desc=f"IWAE-{settings.iwae_k}", **common
+            program, guide, points, settings.iwae_k, desc=f"IWAE-{settings.iwae_k}", **common
         )
         summary.update(result.summary(label))
         summary.update({"iwae_k": settings.iwae_k, f"num_{label}_points": n})

@@ -1,5 +1,7 @@
 """Guide families usable across models, each amortised (encoder) or local (free per datapoint)."""
+from .auxiliary import AuxiliaryReverse, auxiliary_reverse_for, with_auxiliary
 from .family import Family
+from .flows import AuxiliaryFlowNormal, FlowDistribution, PlanarFlowNormal, RealNVPNormal
 from .guide import Guide, build_guide
 from .mean_field import MeanFieldNormal
 from .registry import GUIDE_FAMILIES, applicable_guides, guide_family
@@ -8,5 +10,7 @@ from .sources import AmortisedParams, LocalParams
 
 __all__ = [
     "Family", "Guide", "build_guide", "MeanFieldNormal", "GUIDE_FAMILIES", "applicable_guides",
-    "guide_family", "LatentSite", "AmortisedParams", "LocalParams",
+    "guide_family", "LatentSite", "AmortisedParams", "LocalParams", "AuxiliaryReverse",
+    "auxiliary_reverse_for", "with_auxiliary", "AuxiliaryFlowNormal", "FlowDistribution",
+    "PlanarFlowNormal", "RealNVPNormal",
 ]

@@ -4,6 +4,7 @@ How the parameters are produced is separate (see ``sources.py``): an encoder giv
 guide, a free table indexed by data point id gives the local guide of the same family. That
 symmetry is what makes the amortisation gap, ELBO(local q*) - ELBO(amortised q), well defined.
 """
+import pyro
 import torch
 from torch import nn
 
@@ -36,3 +37,8 @@ class Family(nn.Module):
     def prior_params(self) -> torch.Tensor:
         """A parameter vector (``param_dim``,) matching the model's prior, for local guides."""
         raise NotImplementedError
+
+    def sample(self, params: torch.Tensor) -> torch.Tensor:
+        """The guide's ``pyro.sample`` statement(s) for this site (inside the ``data`` plate).
+        Families that also emit auxiliary sites (the auxiliary flow) override this."""
+        return pyro.sample(self.site.name, self.distribution(params))

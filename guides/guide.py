@@ -40,7 +40,7 @@ class Guide(nn.Module):
             for family, chunk in zip(self.families, params.split(self.splits, dim=-1)):
                 name = family.site.name
                 with latent_scale(name, latent_scales):
-                    values[name] = pyro.sample(name, family.distribution(chunk))
+                    values[name] = family.sample(chunk)
         return values
 
 

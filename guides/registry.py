@@ -1,8 +1,12 @@
 """Guide families by the name the command line uses."""
+from .flows import AuxiliaryFlowNormal, PlanarFlowNormal, RealNVPNormal
 from .mean_field import MeanFieldNormal
 
 GUIDE_FAMILIES = {
     "ffg": MeanFieldNormal,  # fully factorised Gaussian (Cremer et al.'s q_FFG)
+    "planar": PlanarFlowNormal,  # 10 planar steps on a diagonal Gaussian, all per-datapoint
+    "realnvp": RealNVPNormal,  # 4 affine couplings, shared networks + per-datapoint context
+    "auxflow": AuxiliaryFlowNormal,  # Cremer et al.'s q_AF: auxiliary v, 2 coupling steps, r(v|z,x)
 }
 
 

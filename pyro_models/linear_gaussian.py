@@ -15,14 +15,15 @@ from guides.scaling import latent_scale
 from guides.sites import LatentSite
 
 from .networks import KeywordInput, mlp
+from .settings import derived, setting
 
 
 @dataclass
 class LinearGaussianConfig:
-    data_dim: int = 8
-    latent_dim: int = 2
-    noise_scale: float = 0.5
-    encoder_hidden: tuple[int, ...] = (32,)
+    data_dim: int = derived(8)
+    latent_dim: int = setting(2, "dimension of z")
+    noise_scale: float = setting(0.5, "initial observation noise s")
+    encoder_hidden: tuple[int, ...] = setting((32,), "encoder hidden layer sizes (amortised guides)")
 
 
 class LinearGaussian(nn.Module):

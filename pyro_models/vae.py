@@ -13,14 +13,15 @@ from guides.sites import LatentSite
 
 from .likelihoods import BernoulliLogits
 from .networks import KeywordInput, mlp
+from .settings import derived, setting
 
 
 @dataclass
 class VAEConfig:
-    data_dim: int = 784  # set from the data set
-    latent_dim: int = 50
-    decoder_hidden: tuple[int, ...] = (200, 200)
-    encoder_hidden: tuple[int, ...] = (200, 200)
+    data_dim: int = derived(784)
+    latent_dim: int = setting(50, "dimension of z")
+    decoder_hidden: tuple[int, ...] = setting((200, 200), "decoder hidden layer sizes")
+    encoder_hidden: tuple[int, ...] = setting((200, 200), "encoder hidden layer sizes (amortised guides)")
 
 
 class VAE(nn.Module):
