@@ -11,11 +11,9 @@ import time
 from pathlib import Path
 
 import pyro
-import torch
 
 from guides import GUIDE_FAMILIES
 from inference import TrainingDiverged, TrainingInterrupted, TrainSettings, train
-from inference.checkpoint import load_checkpoint
 
 from .config_flags import add_dataclass_flags, dataclass_from_args
 from .data import DataDir, DataError
