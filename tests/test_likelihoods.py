@@ -9,6 +9,10 @@ def test_fast_bernoulli_log_prob_equals_the_reference_in_float64():
     x = torch.bernoulli(torch.full_like(logits, 0.5))
     reference = dist.Bernoulli(logits=logits.double()).log_prob(x.double())
     torch.testing.assert_close(BernoulliLogits(logits).log_prob(x).double(), reference, atol=1e-6, rtol=1e-6)
+    with_grad = logits.clone().requires_grad_()
+    torch.testing.assert_close(BernoulliLogits(with_grad).log_prob(x).double(), reference, atol=1e-6, rtol=1e-6)
+    broadcast = BernoulliLogits(logits.expand(3, -1)).log_prob(x)  # particles in front of the data
+    torch.testing.assert_close(broadcast.double(), reference.expand(3, -1), atol=1e-6, rtol=1e-6)
 
 
 def test_fast_bernoulli_behaves_as_a_distribution():
