@@ -1,4 +1,6 @@
 """The models the command line knows, by name."""
+from .compile import CompILEExperiment
 from .density import LinearGaussianExperiment, VAEExperiment
 
 EXPERIMENTS = {experiment.name: experiment for experiment in (VAEExperiment(), LinearGaussianExperiment())}
+EXPERIMENTS[CompILEExperiment.name] = CompILEExperiment()

@@ -8,16 +8,17 @@ code: a sequence is ``[s1]*l1 + [s2]*l2 + ... + [EOS]`` padded with 0 (= EOS) to
 The generative model, for one sequence of ``L = lengths`` tokens (content ``0..L-2``, EOS at L-1):
 
     b_0 = 0
-    for i = 1..n-1:  b_i ~ Cat over positions {1..L-1},
-                     p(b_i = t | b_{i-1} = p) proportional to Poisson(max(t - p, 0); rate)
+    for i = 1..n-1:  b_i ~ Cat over positions, p(b_i = t | b_{i-1} = p) proportional to
+                     Poisson(t - p; rate) on the valid positions p < t <= L-1
+                     (once a boundary sits on EOS, p = L-1, every later one does: empty segments)
     b_n = L - 1      (the last boundary sits on EOS: fixed, not a latent)
     for i = 1..n:    z_i ~ N(0, I)  (latent_dist="gaussian")  or  uniform one-hot Cat(D)  ("concrete")
     x_t ~ Cat(softmax(decoder(z_i)))  for every content position t of segment i: b_{i-1} <= t < b_i
 
-A boundary placed at or before the previous one makes an empty segment (the soft masks below make
-it so, and the prior gives it the weight of length 0). Position 0 is never a boundary; positions
-after EOS (padding) are masked out of the boundary distributions (logit ``MASK_LOGIT``, i.e. a
-probability below 1e-13) and out of the likelihood (weight exactly 0); EOS itself is not scored.
+Position 0 is never a boundary and segments are non-empty until one reaches EOS; positions that
+cannot be b_i get the logit ``MASK_LOGIT`` (a probability below 1e-13; exact masking would give
+the relaxed densities infinite log-densities), in the prior and in the guide alike. Padding is out
+of the likelihood (weight exactly 0) and EOS is not scored (it is implied by ``lengths``).
 
 Training relaxes b_i and concrete z_i with Gumbel-softmax (``RelaxedOneHotCategorical`` at
 temperatures ``temp_b``/``temp_z``), so the reconstruction term is reparameterised: a relaxed
@@ -43,10 +44,15 @@ the program to ``Trace_ELBO`` instead trains on the relaxed model's own ELBO; no
 changes. Differences from the reference code: the boundary prior is a Poisson over the segment
 length ``t - b_{i-1}`` normalised over each sequence's valid positions, charged for every
 sampled boundary b_1..b_{n-1} (the reference charges n times the KL of b_1 against a Poisson over
-the position + 1, normalised over the padded width), the uniform-prior KL keeps its log D constant,
-and padded positions are masked.
+the position + 1, normalised over the padded width); the guide's b_i is restricted to positions
+after b_{i-1} (the reference lets b_i fall inside earlier segments, making them empty); the
+uniform-prior KL keeps its log D constant; padded positions are masked.
+
+With relaxed b's the prior of b_i is the mixture over the relaxed b_{i-1}'s weights of the hard
+conditionals above, and the guide adds log P(b_{i-1} < t) to its logits (positions with
+probability < 1e-6 masked): both are exact when the previous boundary is one-hot.
 """
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import pyro
 import pyro.distributions as dist
@@ -57,6 +63,8 @@ from torch.distributions import register_kl
 
 from guides.scaling import latent_scale
 
+from .settings import setting
+
 MASK_LOGIT = -30.0  # logit of positions that cannot be a boundary: probability < 1e-13
 LATENT_DISTS = ("gaussian", "concrete")
 
@@ -65,18 +73,18 @@ LATENT_DISTS = ("gaussian", "concrete")
 class CompILEConfig:
     """Defaults of the authors' toy code (Kipf et al. 2019)."""
 
-    num_symbols: int = field(default=5, metadata={"help": "distinct symbols (token 0 is EOS/padding)"})
-    num_segments: int = field(default=3, metadata={"help": "segments per sequence (data and model)"})
-    max_segment_length: int = field(default=4, metadata={"help": "segment lengths are uniform on 1..this"})
-    hidden_dim: int = field(default=64, metadata={"help": "embedding, LSTM and MLP width"})
-    latent_dim: int = field(default=32, metadata={"help": "size of each segment code z_i"})
-    latent_dist: str = field(default="gaussian", metadata={
-        "choices": list(LATENT_DISTS), "help": "segment codes: Gaussian with N(0, I) prior, or concrete with uniform prior"})
-    temp_b: float = field(default=1.0, metadata={"help": "Gumbel-softmax temperature of the boundaries b"})
-    temp_z: float = field(default=1.0, metadata={"help": "Gumbel-softmax temperature of concrete codes z"})
-    beta_b: float = field(default=0.1, metadata={"help": "KL weight of the boundaries (training)"})
-    beta_z: float = field(default=0.1, metadata={"help": "KL weight of the codes (training)"})
-    prior_rate: float = field(default=3.0, metadata={"help": "Poisson rate of the segment-length prior"})
+    num_symbols: int = setting(5, "distinct symbols (token 0 is EOS and padding)")
+    num_segments: int = setting(3, "segments per sequence (data and model)")
+    max_segment_length: int = setting(4, "segment lengths are uniform on 1..this")
+    hidden_dim: int = setting(64, "embedding, LSTM and MLP width")
+    latent_dim: int = setting(32, "size of each segment code z_i")
+    latent_dist: str = setting("gaussian", "segment codes: Gaussian with N(0, I) prior, or concrete with uniform prior",
+                               choices=list(LATENT_DISTS))
+    temp_b: float = setting(1.0, "Gumbel-softmax temperature of the boundaries b")
+    temp_z: float = setting(1.0, "Gumbel-softmax temperature of concrete codes z")
+    beta_b: float = setting(0.1, "KL weight of the boundaries (training)")
+    beta_z: float = setting(0.1, "KL weight of the codes (training)")
+    prior_rate: float = setting(3.0, "Poisson rate of the segment-length prior")
 
     @property
     def vocab_size(self) -> int:
@@ -181,19 +189,37 @@ def next_remainder(remainder: torch.Tensor, boundary: torch.Tensor) -> torch.Ten
     return remainder * boundary.cumsum(-1).clamp(max=1)
 
 
+def transition_support(lengths: torch.Tensor, width: int) -> torch.Tensor:
+    """(B, T, T) bool: may b_i sit at t (columns) when b_{i-1} sits at p (rows)? Segments are
+    non-empty (p < t <= L-1) until one ends on EOS; after that every boundary is EOS (t = L-1)."""
+    t = torch.arange(width, device=lengths.device)
+    last = (lengths - 1)[:, None, None]
+    p, t = t[None, :, None], t[None, None, :]
+    return ((t > p) & (t <= last)) | ((p >= last) & (t == last))
+
+
+def allowed_positions(previous: torch.Tensor, support: torch.Tensor) -> torch.Tensor:
+    """(B, T): the probability that t is a valid next boundary, for a (relaxed) previous one (B, T)."""
+    return (previous.unsqueeze(-2) @ support.to(previous.dtype)).squeeze(-2)
+
+
+def masked_log(probs: torch.Tensor) -> torch.Tensor:
+    """log, with exact zeros (invalid positions) mapped to ``MASK_LOGIT`` and no value below it."""
+    return torch.where(probs > 0, probs.clamp(min=1e-13).log(), torch.full_like(probs, MASK_LOGIT))
+
+
 def poisson_length_table(width: int, rate: float) -> torch.Tensor:
-    """(T, T): log Poisson(max(t - p, 0); rate) for previous boundary p (rows), boundary t (columns)."""
+    """(T, T): log Poisson(t - p; rate) for previous boundary p (rows), boundary t (columns)."""
     t = torch.arange(width, dtype=torch.float32)
     k = (t[None, :] - t[:, None]).clamp(min=0)
     return k * torch.log(torch.tensor(rate)) - rate - torch.lgamma(k + 1)
 
 
-def boundary_prior_logits(previous: torch.Tensor, valid: torch.Tensor, table: torch.Tensor) -> torch.Tensor:
-    """Logits of p(b_i | b_{i-1}): the length prior normalised over each sequence's valid positions,
-    mixed over the (possibly relaxed) previous boundary ``previous`` (B, T)."""
-    conditional = table.masked_fill(~valid[:, None, :], float("-inf")).softmax(-1)  # (B, p, t)
-    probs = (previous.unsqueeze(-2) @ conditional).squeeze(-2)
-    return torch.where(valid, probs.clamp(min=1e-12).log(), torch.full_like(probs, MASK_LOGIT))
+def boundary_prior_logits(previous: torch.Tensor, support: torch.Tensor, table: torch.Tensor) -> torch.Tensor:
+    """Logits of p(b_i | b_{i-1}): the Poisson length prior normalised over each sequence's valid
+    positions, mixed over the (possibly relaxed) previous boundary ``previous`` (B, T)."""
+    conditional = table.masked_fill(~support, float("-inf")).softmax(-1)  # (B, p, t); no row is empty
+    return masked_log((previous.unsqueeze(-2) @ conditional).squeeze(-2))
 
 
 class CompILE(nn.Module):
@@ -228,7 +254,8 @@ class CompILE(nn.Module):
         cfg = self.config
         width = tokens.shape[-1] if tokens is not None else cfg.max_length
         batch = lengths.shape[0]
-        valid, content = position_masks(lengths, width)
+        _, content = position_masks(lengths, width)
+        support = transition_support(lengths, width)
         like = self.length_table
         previous = nn.functional.one_hot(torch.zeros_like(lengths), width).to(like.dtype)  # b_0 = 0
         remainder = content.to(like.dtype)
@@ -237,7 +264,7 @@ class CompILE(nn.Module):
         with pyro.plate("data", batch, dim=-1):
             for i in range(1, cfg.num_segments + 1):
                 if i < cfg.num_segments:
-                    logits = boundary_prior_logits(previous, valid, table)
+                    logits = boundary_prior_logits(previous, support, table)
                     with latent_scale(f"b_{i}", latent_scales):
                         boundary = pyro.sample(f"b_{i}", one_hot_site(logits, cfg.temp_b, relaxed))
                 else:

@@ -3,9 +3,10 @@
 Tokens are embedded and read by an LSTM. For segment i the LSTM is re-run over the whole sequence
 with its state multiplied, after every step, by the soft mask of the positions not yet claimed by
 segments 1..i-1 (so it restarts from zero where segment i starts). A head on each position's state
-gives the logits of b_i (position 0 and positions past EOS masked); z_i is read out from the state
-at the position just before b_i (the last element of segment i), by a head giving the Gaussian's
-mean and log-variance or the concrete code's logits. The last boundary is EOS.
+gives the logits of b_i, restricted to the positions that may follow b_{i-1} (position 0, the
+positions up to b_{i-1} and those past EOS are masked; see ``pyro_models.compile``); z_i is read
+out from the state at the position just before b_i (the last element of segment i), by a head
+giving the Gaussian's mean and log-variance or the concrete code's logits. The last boundary is EOS.
 
 ``guide`` is the Pyro program (same keyword arguments as ``CompILE.model``); ``greedy`` is the
 evaluation mode of the reference code: argmax boundaries, and the Gaussian's mean or the argmax
@@ -18,8 +19,10 @@ from torch import nn
 
 from guides.scaling import latent_scale
 
-from .compile import (MASK_LOGIT, CompILEConfig, eos_boundary, next_remainder, one_hot_site,
-                      position_masks)
+from .compile import (MASK_LOGIT, CompILEConfig, allowed_positions, eos_boundary, next_remainder, one_hot_site,
+                      transition_support)
+
+MIN_ALLOWED = 1e-6  # a position less likely than this to follow the previous boundary is masked
 
 
 class CompILEGuide(nn.Module):
@@ -33,21 +36,39 @@ class CompILEGuide(nn.Module):
         code_params = 2 * latent if config.latent_dist == "gaussian" else latent
         self.code_head = nn.Sequential(nn.Linear(hidden, hidden), nn.ReLU(), nn.Linear(hidden, code_params))
 
-    def encode(self, embedded: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        """LSTM states (B, T, H), the state reset by ``mask`` (B, T) after every step."""
-        batch, width, hidden = embedded.shape
-        h = c = embedded.new_zeros(batch, hidden)
-        states = []
-        for t in range(width):
-            h, c = self.cell(embedded[:, t], (h, c))
-            keep = mask[:, t, None]
-            h, c = h * keep, c * keep
-            states.append(h)
-        return torch.stack(states, 1)
+    def input_gates(self, tokens: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        """The LSTM's input projection of every position, (B, 4H) per position: the input is the same
+        for every segment, so it is computed once per sequence."""
+        embedded = self.embed(tokens)
+        gates = torch.addmm(self.cell.bias_ih + self.cell.bias_hh, embedded.flatten(0, -2), self.cell.weight_ih.t())
+        return gates.view(*tokens.shape, -1).unbind(-2)
 
-    def boundary_logits(self, states: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
-        logits = self.boundary_head(states).squeeze(-1)
-        return torch.where(valid, logits, torch.full_like(logits, MASK_LOGIT))
+    def encode(self, input_gates: tuple[torch.Tensor, ...], mask: torch.Tensor) -> torch.Tensor:
+        """LSTM states (B, T, H), state (h, c) multiplied by ``mask`` (B, T) after every step.
+
+        The step is ``nn.LSTMCell``'s (same parameters, gate order i, f, g, o), written out so
+        that the input projection is shared by the segments; on 2 CPU cores this is about 30%
+        faster than calling the cell."""
+        weight_hh = self.cell.weight_hh.t()
+        keep = mask.unsqueeze(-1).unbind(-2)
+        states, h, c = [], None, None
+        for t, gates in enumerate(input_gates):
+            if h is not None:
+                gates = torch.addmm(gates, h, weight_hh)
+            i, f, g, o = gates.chunk(4, -1)
+            c_new = torch.sigmoid(i) * torch.tanh(g)
+            if c is not None:
+                c_new = c_new + torch.sigmoid(f) * c
+            h = torch.sigmoid(o) * torch.tanh(c_new) * keep[t]
+            c = c_new * keep[t]
+            states.append(h)
+        return torch.stack(states, -2)
+
+    def boundary_logits(self, states: torch.Tensor, allowed: torch.Tensor) -> torch.Tensor:
+        """The head's logits plus the log-probability that each position is a valid boundary
+        after the (relaxed) previous one; positions below ``MIN_ALLOWED`` get ``MASK_LOGIT``."""
+        logits = self.boundary_head(states).squeeze(-1) + allowed.clamp(min=MIN_ALLOWED).log()
+        return torch.where(allowed > MIN_ALLOWED, logits, torch.full_like(logits, MASK_LOGIT))
 
     def code_params(self, states: torch.Tensor, boundary: torch.Tensor) -> torch.Tensor:
         """Head on the state at the position before the boundary (soft: weighted by the relaxed b)."""
@@ -63,19 +84,22 @@ class CompILEGuide(nn.Module):
     def _segments(self, tokens, lengths, choose_boundary, choose_code):
         """Runs the encoder segment by segment; ``choose_*`` turn logits/params into values."""
         width = tokens.shape[-1]
-        valid, _ = position_masks(lengths, width)
-        embedded = self.embed(tokens)
-        remainder = embedded.new_ones(tokens.shape)
+        support = transition_support(lengths, width)
+        previous = nn.functional.one_hot(torch.zeros_like(lengths), width).to(self.cell.weight_hh.dtype)  # b_0 = 0
+        gates = self.input_gates(tokens)
+        remainder = gates[0].new_ones(tokens.shape)
         boundaries, codes = [], []
         for i in range(1, self.config.num_segments + 1):
-            states = self.encode(embedded, remainder)
+            states = self.encode(gates, remainder)
             if i < self.config.num_segments:
-                boundary = choose_boundary(i, self.boundary_logits(states, valid))
+                allowed = allowed_positions(previous, support)
+                boundary = choose_boundary(i, self.boundary_logits(states, allowed))
             else:
-                boundary = eos_boundary(lengths, width, embedded.dtype)
+                boundary = eos_boundary(lengths, width, remainder.dtype)
             codes.append(choose_code(i, self.code_params(states, boundary)))
             boundaries.append(boundary)
             remainder = next_remainder(remainder, boundary)
+            previous = boundary
         return boundaries, codes
 
     def guide(self, tokens=None, lengths=None, idx=None, latent_scales=None, relaxed=True):

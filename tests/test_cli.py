@@ -19,6 +19,7 @@ from helpers import module_states_equal, run_cli
 SMOKE_FLAGS = {
     "vae": ["--iwae-k", "5", "--eval-points", "20", "--train-eval-points", "50"],
     "linear_gaussian": ["--iwae-k", "5"],
+    "compile": ["--batch-size", "64", "--eval-batch-size", "64", "--test-nll-particles", "1"],
 }
 RUN_FILES = ["summary.json", "metrics.csv", "config.json", "checkpoint.pt", "training_curve.png"]
 
