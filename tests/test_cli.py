@@ -1,7 +1,6 @@
 """run/svi.py end to end, in subprocesses: the contract of DESIGN.md."""
 import json
 import os
-import shutil
 import signal
 import subprocess
 import sys
