@@ -9,6 +9,8 @@ import pyro
 import torch
 from pyro import distributions as dist
 from pyro import poutine
+from pyro.poutine.broadcast_messenger import BroadcastMessenger
+from pyro.poutine.indep_messenger import IndepMessenger
 from pyro.poutine.util import site_is_subsample
 from torch import nn
 
@@ -38,11 +40,20 @@ def with_auxiliary(model, reverse):
                     size = frame.size
         if size is None:
             raise ValueError(f"with_auxiliary: the model has no latent site inside a {DATA_PLATE!r} plate")
-        with pyro.plate(DATA_PLATE, size, dim=-1):
+        with _SamePlate(DATA_PLATE, size, dim=-1):
             reverse(latents, *args, **kwargs)
         return result
 
     return model_with_auxiliary
+
+
+class _SamePlate(IndepMessenger):
+    """Re-enters the model's ``data`` plate (same name, size and dim) without recording a
+    second subsample site of that name, which a trace would refuse."""
+
+    def _process_message(self, msg):
+        super()._process_message(msg)
+        BroadcastMessenger._pyro_sample(msg)
 
 
 class AuxiliaryReverse(nn.Module):

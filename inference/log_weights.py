@@ -25,11 +25,15 @@ def log_weights(model, guide, num_particles: int, max_plate_nesting: int = 1, **
     return log_p - log_q
 
 
-def _sum_sites(trace, num_particles: int, max_plate_nesting: int, latent_only: bool) -> torch.Tensor:
+def _sum_sites(trace, num_particles: int, max_plate_nesting: int, latent_only: bool, names=None) -> torch.Tensor:
+    """Sum of the (unscaled) log-densities of a trace's sample sites, as (particles, points);
+    ``names``: only these sites (default: all, or the latent ones with ``latent_only``)."""
     rank = max_plate_nesting + 1  # position 0 is the particles plate
     total = torch.zeros(())
     for name, site in trace.nodes.items():
         if site["type"] != "sample" or site_is_subsample(site) or (latent_only and site["is_observed"]):
+            continue
+        if names is not None and name not in names:
             continue
         dims = {frame.name: frame.dim for frame in site["cond_indep_stack"]}
         if DATA_PLATE not in dims:

@@ -1,0 +1,258 @@
+"""Annealed importance sampling (Neal 2001) with HMC transitions, for any model whose latents are
+continuous, and its reverse on simulated data (bidirectional Monte Carlo, Grosse et al. 2015).
+
+The path of distributions is pi_t(z) ∝ p(z) p(x | z)^beta_t, beta from 0 to 1 (linear or
+sigmoid schedule). log p(z) and log p(x | z) come from the model's own trace: the model is run
+under ``poutine.condition`` on the latent values, inside a ``particles`` plate that holds the
+chains, and its sites are split into latent (prior) and observed (likelihood). Everything is
+vectorised over chains x data points; each chain has its own step size, adapted towards an
+acceptance probability of 0.65.
+
+- Forward AIS from the prior: log w = sum_t (beta_t - beta_{t-1}) log p(x | z_{t-1}); per point,
+  log p(x) ≈ logmeanexp over chains of log w, a stochastic lower bound (E[w] = p(x)).
+- Reverse AIS from an exact posterior sample (available for data simulated from the model):
+  E[1 / w_rev] = 1 / p(x), so -logmeanexp(-log w_rev) is a stochastic upper bound. Running both
+  on simulated data brackets log p(x); the bracket's width says whether the chain is long enough.
+"""
+import math
+import time
+from dataclasses import dataclass
+
+import pyro
+import torch
+from pyro import poutine
+from pyro.distributions import constraints
+from pyro.poutine.util import site_is_subsample
+from tqdm.auto import tqdm
+
+from .log_weights import DATA_PLATE, _sum_sites
+
+
+@dataclass
+class AISSettings:
+    num_steps: int = 1000  # intermediate distributions (the paper: 10000)
+    num_chains: int = 16  # independent chains per data point (the paper: 100)
+    leapfrog_steps: int = 10  # per HMC transition
+    schedule: str = "sigmoid"  # "linear" or "sigmoid" (Grosse et al. 2015, delta = 4)
+    initial_step_size: float = 0.05
+    target_accept: float = 0.65
+    adapt_factor: float = 1.02  # step size x this after a transition with acceptance > target, / otherwise
+    max_rows: int = 16384  # chains x points per pass (bounds memory)
+
+
+@dataclass
+class AISResult:
+    log_px: torch.Tensor  # (points,): logmeanexp over chains of the log-weights
+    log_weights: torch.Tensor  # (chains, points); reverse: log-weights of 1 / p(x)
+    accept_rate: float  # mean over transitions, chains and points
+    step_size: float  # mean final step size
+    wall_s: float
+    row_evals: int  # (chain, point) gradient evaluations: leapfrog steps x chains x points
+    direction: str
+
+
+def beta_schedule(num_steps: int, kind: str = "sigmoid", delta: float = 4.0) -> torch.Tensor:
+    """num_steps + 1 inverse temperatures from exactly 0 to exactly 1."""
+    if num_steps < 1:
+        raise ValueError(f"AIS needs at least one intermediate step, got {num_steps}")
+    t = torch.linspace(0, 1, num_steps + 1, dtype=torch.float64)
+    if kind == "linear":
+        return t
+    if kind == "sigmoid":
+        s = torch.sigmoid(delta * (2 * t - 1))
+        return (s - s[0]) / (s[-1] - s[0])
+    raise ValueError(f"unknown AIS schedule {kind!r}; choose from: linear, sigmoid")
+
+
+def _is_real(support) -> bool:
+    while isinstance(support, constraints.independent):
+        support = support.base_constraint
+    return support is constraints.real
+
+
+class LogJoint:
+    """log p(z) and log p(x | z), per (chain, point), as differentiable functions of the
+    model's latent values flattened to one vector per chain and point."""
+
+    def __init__(self, model, batch: dict, num_chains: int, max_plate_nesting: int = 1, observed: dict | None = None):
+        self.model, self.batch, self.num_chains = model, batch, num_chains
+        self.max_plate_nesting = max_plate_nesting
+        self.observed = observed or {}  # site name -> value (simulated data), overriding obs=
+        trace = self._trace({})
+        self.latents, self.observed_names = [], set()
+        for name, site in trace.nodes.items():
+            if site["type"] != "sample" or site_is_subsample(site):
+                continue
+            if site["is_observed"]:
+                self.observed_names.add(name)
+                continue
+            if site["fn"].support.is_discrete or not _is_real(site["fn"].support):
+                raise ValueError(f"AIS needs real-valued latents; site {name!r} has support {site['fn'].support}")
+            dims = {frame.name: frame.dim for frame in site["cond_indep_stack"]}
+            if DATA_PLATE not in dims:
+                raise ValueError(f"site {name!r} is outside the {DATA_PLATE!r} plate")
+            pos = max_plate_nesting + 1 + dims[DATA_PLATE]  # position of the data dim in the value
+            moved = site["value"].movedim(pos, 1)
+            self.latents.append((name, pos, moved.shape[2:]))
+        self.latent_names = {name for name, _, _ in self.latents}
+        self.num_points = next(iter(batch.values())).shape[0]
+        self._initial = self.flatten({name: trace.nodes[name]["value"] for name in self.latent_names})
+
+    def _trace(self, latents: dict):
+        data = {**latents, **self.observed}
+        with pyro.plate("particles", self.num_chains, dim=-(self.max_plate_nesting + 1)):
+            return poutine.trace(poutine.condition(self.model, data=data)).get_trace(**self.batch)
+
+    def flatten(self, values: dict) -> torch.Tensor:
+        parts = [values[name].movedim(pos, 1).reshape(self.num_chains, self.num_points, -1)
+                 for name, pos, _ in self.latents]
+        return torch.cat(parts, -1)
+
+    def unflatten(self, z: torch.Tensor) -> dict:
+        out, offset = {}, 0
+        for name, pos, shape in self.latents:
+            n = math.prod(shape)
+            out[name] = z[..., offset:offset + n].reshape(self.num_chains, self.num_points, *shape).movedim(1, pos)
+            offset += n
+        return out
+
+    def prior_sample(self) -> torch.Tensor:
+        """z ~ p(z), (chains, points, latent size): the first trace drew it."""
+        return self._initial
+
+    def __call__(self, z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        trace = self._trace(self.unflatten(z))
+        args = (self.num_chains, self.max_plate_nesting, False)
+        return _sum_sites(trace, *args, names=self.latent_names), _sum_sites(trace, *args, names=self.observed_names)
+
+
+class _State:
+    """Position and the two log-densities with their gradients (for any beta)."""
+
+    def __init__(self, log_joint: LogJoint, z: torch.Tensor):
+        z = z.detach().requires_grad_(True)
+        with torch.enable_grad():
+            lp, ll = log_joint(z)
+            self.gll = torch.autograd.grad(ll.sum(), z, retain_graph=True)[0]
+            self.glp = torch.autograd.grad(lp.sum(), z)[0]
+        self.z, self.lp, self.ll = z.detach(), lp.detach(), ll.detach()
+
+    def potential(self, beta):
+        return -(self.lp + beta * self.ll)
+
+    def grad_potential(self, beta):
+        return -(self.glp + beta * self.gll)
+
+    def select(self, mask, other: "_State"):
+        """This state where ``mask`` (chains, points), else ``other``."""
+        m = mask.unsqueeze(-1)
+        for key in ("z", "glp", "gll"):
+            setattr(self, key, torch.where(m, getattr(self, key), getattr(other, key)))
+        for key in ("lp", "ll"):
+            setattr(self, key, torch.where(mask, getattr(self, key), getattr(other, key)))
+        return self
+
+
+def _hmc(log_joint, state: _State, beta: float, step_size: torch.Tensor, leapfrog_steps: int):
+    """One HMC transition leaving pi_beta invariant; returns (state, acceptance probability)."""
+    eps = step_size.unsqueeze(-1)
+    p0 = torch.randn_like(state.z)
+    p = p0 - 0.5 * eps * state.grad_potential(beta)
+    new = state
+    for step in range(leapfrog_steps):
+        new = _State(log_joint, new.z + eps * p)
+        scale = 0.5 if step == leapfrog_steps - 1 else 1.0
+        p = p - scale * eps * new.grad_potential(beta)
+    h0 = state.potential(beta) + 0.5 * (p0 ** 2).sum(-1)
+    h1 = new.potential(beta) + 0.5 * (p ** 2).sum(-1)
+    log_accept = torch.nan_to_num(h0 - h1, nan=-math.inf).clamp(max=0.0)
+    accept = torch.rand_like(log_accept).log() < log_accept
+    return new.select(accept, state), log_accept.exp()
+
+
+def _run_chunk(log_joint: LogJoint, betas, settings: AISSettings, start_z, reverse: bool, bar):
+    c, b = log_joint.num_chains, log_joint.num_points
+    state = _State(log_joint, start_z)
+    step_size = torch.full((c, b), settings.initial_step_size)
+    log_w = torch.zeros(c, b, dtype=torch.float64)
+    accept_sum, transitions = 0.0, 0
+    order = range(len(betas) - 1, 0, -1) if reverse else range(1, len(betas))
+    for t in order:
+        log_w += (betas[t] - betas[t - 1]) * state.ll.double()
+        target = betas[t - 1] if reverse else betas[t]
+        if (reverse and t > 1) or (not reverse and t < len(betas) - 1):  # the last kernel changes no weight
+            state, accept_prob = _hmc(log_joint, state, float(target), step_size, settings.leapfrog_steps)
+            up = accept_prob > settings.target_accept
+            step_size = torch.where(up, step_size * settings.adapt_factor, step_size / settings.adapt_factor)
+            accept_sum += accept_prob.mean().item()
+            transitions += 1
+        bar.update(1)
+    if reverse:
+        log_w = -log_w  # E[exp(-sum)] = 1 / p(x): the upper bound is -logmeanexp(-sum)
+    return log_w, accept_sum / max(transitions, 1), step_size.mean().item(), transitions
+
+
+def ais(model, batch: dict, settings: AISSettings = AISSettings(), max_plate_nesting: int = 1,
+        observed: dict | None = None, start: dict | None = None, progress: bool = False,
+        desc: str = "AIS") -> AISResult:
+    """AIS for every data point in ``batch`` (model keyword arguments, first dim = points).
+
+    ``observed`` (site name -> value) replaces the data at observed sites (simulated data);
+    ``start`` (latent site name -> value without a chain dimension) runs the reverse direction
+    from those exact posterior samples, giving an upper bound instead of a lower one.
+    """
+    n = next(iter(batch.values())).shape[0]
+    c = settings.num_chains
+    chunk = max(1, min(n, settings.max_rows // c))
+    betas = beta_schedule(settings.num_steps, settings.schedule).tolist()
+    reverse = start is not None
+    started = time.perf_counter()
+    log_ws, accepts, steps, row_evals = [], [], [], 0
+    with tqdm(total=settings.num_steps * math.ceil(n / chunk), desc=desc, disable=not progress, leave=False) as bar:
+        for lo in range(0, n, chunk):
+            hi = min(n, lo + chunk)
+            sub = {k: v[lo:hi] if torch.is_tensor(v) and v.dim() > 0 and v.shape[0] == n else v for k, v in batch.items()}
+            obs = _chain_expand(observed, lo, hi, c, max_plate_nesting)
+            log_joint = LogJoint(model, sub, c, max_plate_nesting, observed=obs)
+            z0 = log_joint.flatten(_chain_expand(start, lo, hi, c, max_plate_nesting)) if reverse else log_joint.prior_sample()
+            log_w, accept, step, transitions = _run_chunk(log_joint, betas, settings, z0, reverse, bar)
+            log_ws.append(log_w)
+            accepts.append(accept * (hi - lo))
+            steps.append(step * (hi - lo))
+            row_evals += (1 + transitions * settings.leapfrog_steps) * c * (hi - lo)
+    log_w = torch.cat(log_ws, dim=1)
+    lme = torch.logsumexp(log_w, 0) - math.log(c)
+    log_px = -lme if reverse else lme  # reverse: log_w estimates log 1/p(x)
+    return AISResult(log_px=log_px.float(), log_weights=log_w.float(), accept_rate=sum(accepts) / n,
+                     step_size=sum(steps) / n, wall_s=time.perf_counter() - started, row_evals=row_evals,
+                     direction="reverse" if reverse else "forward")
+
+
+def _chain_expand(values: dict | None, lo: int, hi: int, chains: int, max_plate_nesting: int):
+    """Values sampled under a particles plate of size 1 (dim -(nesting+1)): slice the data
+    points and repeat along the chain dimension."""
+    if values is None:
+        return None
+    out = {}
+    for name, value in values.items():
+        data_pos = max_plate_nesting  # data plate at dim -1 among the nesting+1 batch dims
+        sliced = value.narrow(data_pos, lo, hi - lo)
+        out[name] = sliced.expand((chains,) + sliced.shape[1:])
+    return out
+
+
+@torch.no_grad()
+def simulate(model, batch: dict, max_plate_nesting: int = 1):
+    """One joint sample (z, x) ~ p(z) p(x | z) per data point in ``batch`` (whose shapes it
+    borrows): returns (latent values, observed values), each with a leading dim of size 1, the
+    input of ``ais(..., observed=..., start=...)``."""
+    with pyro.plate("particles", 1, dim=-(max_plate_nesting + 1)):
+        trace = poutine.trace(poutine.uncondition(model)).get_trace(**batch)
+    latents, observed = {}, {}
+    conditioned = poutine.trace(model).get_trace(**batch)  # which sites carry data
+    for name, site in trace.nodes.items():
+        if site["type"] != "sample" or site_is_subsample(site):
+            continue
+        target = observed if conditioned.nodes[name]["is_observed"] else latents
+        target[name] = site["value"]
+    return latents, observed

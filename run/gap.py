@@ -1,0 +1,11 @@
+#!/usr/bin/env python
+"""The inference-gap report of a trained run: ``python run/gap.py --checkpoint DIR`` (see --help)."""
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
+
+from experiments.gap import main  # noqa: E402
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,71 @@
+"""run/gap.py end to end (in subprocesses), and the flow guides through run/svi.py."""
+import json
+import subprocess
+import sys
+
+import pytest
+
+from conftest import ROOT
+from helpers import run_cli
+
+FAST_GAP = ["--num-points", "30", "--ais-steps", "30", "--ais-chains", "4", "--ais-leapfrog", "3",
+            "--bdmc-points", "10", "--iwae-k", "50", "--elbo-samples", "50", "--local-steps", "100",
+            "--threads", "1", "--no-progress"]
+KEYS = ["log_px", "log_px_upper", "iwae", "elbo_local", "elbo_amortised", "approximation_gap", "amortisation_gap",
+        "settings", "wall_s", "log_px_method"]
+
+
+def run_gap(*args, timeout=300):
+    return subprocess.run([sys.executable, str(ROOT / "run" / "gap.py"), *map(str, args)],
+                          capture_output=True, text=True, timeout=timeout, cwd=ROOT)
+
+
+@pytest.fixture(scope="module")
+def linear_gaussian_run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("lg")
+    result = run_cli("--model", "linear_gaussian", "--steps", "100", "--out", out, "--no-progress", "--iwae-k", "5")
+    assert result.returncode == 0, result.stderr
+    return out
+
+
+def test_gap_report_on_the_linear_gaussian_model(linear_gaussian_run, tmp_path):
+    result = run_gap("--checkpoint", linear_gaussian_run, "--out", tmp_path, *FAST_GAP, "--ais-steps", "200",
+                     "--ais-chains", "8", "--convergence-points", "10")
+    assert result.returncode == 0, result.stderr
+    report = json.loads((tmp_path / "gap.json").read_text())
+    for key in KEYS:
+        assert key in report, key
+    assert abs(report["log_px"] - report["log_px_exact"]) < 0.3
+    assert report["bdmc"]["log_px_lower"] < report["bdmc"]["log_px_upper"]
+    assert report["elbo_amortised"] <= report["iwae"] + 0.05
+    assert report["elbo_local"] <= report["log_px_exact"] + 0.05
+    total = report["approximation_gap"] + report["amortisation_gap"]
+    assert abs(total - (report["log_px"] - report["elbo_amortised"])) < 1e-4
+    assert "ais_convergence" in report and report["local_opt"]["init"] == "amortised"
+    assert "| ffg |" in (tmp_path / "gap.md").read_text()
+
+
+@pytest.mark.parametrize("guide", ["planar", "auxflow"])
+def test_vae_trains_with_flow_guides_and_gets_a_gap_report(guide, tmp_path):
+    result = run_cli("--model", "vae", "--guide", guide, "--steps", "2", "--out", tmp_path, "--no-progress",
+                     "--iwae-k", "5", "--eval-points", "20", "--train-eval-points", "50")
+    assert result.returncode == 0, result.stderr
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    assert summary["train_steps"] == 2 and summary["test_elbo"] <= summary["test_iwae"] < 0
+    if guide == "auxflow":  # the reloaded run keeps its reverse model r(v | z, x)
+        gap = run_gap("--checkpoint", tmp_path, *FAST_GAP, "--bdmc-points", "0", "--local-steps", "20")
+        assert gap.returncode == 0, gap.stderr
+        report = json.loads((tmp_path / "gap.json").read_text())
+        assert report["guide"] == "auxflow" and report["log_px_upper"] is None
+
+
+def test_gap_refuses_runs_it_cannot_apply_to(tmp_path, linear_gaussian_run):
+    local = tmp_path / "local"
+    result = run_cli("--model", "linear_gaussian", "--local", "--steps", "2", "--out", local, "--no-progress",
+                     "--iwae-k", "5")
+    assert result.returncode == 0, result.stderr
+    for args in (["--checkpoint", local], ["--checkpoint", tmp_path / "nothing"],
+                 ["--checkpoint", linear_gaussian_run, "--guide", "realnvp"]):
+        gap = run_gap(*args, *FAST_GAP)
+        assert gap.returncode == 2, gap.stderr
+        assert len(gap.stderr.strip().splitlines()) == 1, gap.stderr
