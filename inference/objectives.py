@@ -18,11 +18,13 @@ def batch_size_of(batch: dict) -> int:
 
 
 class ElboObjective:
-    """Negative ELBO per data point, through ``elbo.loss_and_grads``.
+    """Negative ELBO per data point, for any Pyro ELBO.
 
-    ``loss_and_grads`` is the one entry point every Pyro ELBO has (TraceGraph_ELBO has no
-    ``differentiable_loss``). Model and guide are scaled by 1/batch so the loss and gradients are
-    per data point: gradient clipping then means the same thing at any batch size.
+    ELBOs with ``differentiable_loss`` (Trace_ELBO, TraceMeanField_ELBO, TraceEnum_ELBO) give a
+    loss that is divided by the batch size and back-propagated here; the others (TraceGraph_ELBO,
+    RenyiELBO) only have ``loss_and_grads``, so model and guide are scaled by 1/batch instead.
+    Either way loss and gradients are per data point, and gradient clipping means the same thing
+    at any batch size.
 
     Pyro's validation (shapes, supports, model/guide agreement) runs on the first call only;
     after that the checks cost time and find nothing new.
@@ -36,10 +38,15 @@ class ElboObjective:
 
     def __call__(self, batch: dict, **schedule) -> float:
         per_point = 1.0 / batch_size_of(batch)
-        model = poutine.scale(self.model, scale=per_point)
-        guide = poutine.scale(self.guide, scale=per_point)
         with pyro.validation_enabled(not self.validated):
-            loss = self.elbo.loss_and_grads(model, guide, **batch, **schedule)
+            if hasattr(self.elbo, "differentiable_loss"):
+                loss = self.elbo.differentiable_loss(self.model, self.guide, **batch, **schedule) * per_point
+                loss.backward()
+                loss = loss.item()
+            else:
+                model = poutine.scale(self.model, scale=per_point)
+                guide = poutine.scale(self.guide, scale=per_point)
+                loss = self.elbo.loss_and_grads(model, guide, **batch, **schedule)
         self.validated = True
         return loss
 

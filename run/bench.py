@@ -126,8 +126,11 @@ def main(argv=None):
     parser.add_argument("--iwae-points", type=int, default=500)
     parser.add_argument("--iwae-k", type=int, default=1000)
     parser.add_argument("--max-rows", type=int, default=None, help="evaluator chunk (default: its own)")
+    parser.add_argument("--threads", type=int, default=0, help="torch intra-op threads (0: torch's default)")
     parser.add_argument("--out", help="also write the results as JSON here")
     args = parser.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
 
     results = {"torch_threads": torch.get_num_threads()}
     results["step"] = bench_training_step(args.batch_size, args.rounds, args.block)
