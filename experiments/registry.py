@@ -4,3 +4,6 @@ from .density import LinearGaussianExperiment, VAEExperiment
 
 EXPERIMENTS = {experiment.name: experiment for experiment in (VAEExperiment(), LinearGaussianExperiment())}
 EXPERIMENTS[CompILEExperiment.name] = CompILEExperiment()
+from .lfm import LFMExperiment  # noqa: E402
+
+EXPERIMENTS[LFMExperiment.name] = LFMExperiment()

@@ -3,7 +3,8 @@ from .auxiliary import AuxiliaryReverse, auxiliary_reverse_for, with_auxiliary
 from .family import Family
 from .flows import AuxiliaryFlowNormal, FlowDistribution, PlanarFlowNormal, RealNVPNormal
 from .guide import Guide, build_guide
-from .mean_field import MeanFieldNormal
+from .mean_field import MeanFieldBernoulli, MeanFieldNormal
+from .relaxed import ConcreteBernoulli, StraightThroughBernoulli
 from .registry import GUIDE_FAMILIES, applicable_guides, guide_family
 from .sites import LatentSite
 from .sources import AmortisedParams, LocalParams
@@ -12,5 +13,5 @@ __all__ = [
     "Family", "Guide", "build_guide", "MeanFieldNormal", "GUIDE_FAMILIES", "applicable_guides",
     "guide_family", "LatentSite", "AmortisedParams", "LocalParams", "AuxiliaryReverse",
     "auxiliary_reverse_for", "with_auxiliary", "AuxiliaryFlowNormal", "FlowDistribution",
-    "PlanarFlowNormal", "RealNVPNormal",
+    "PlanarFlowNormal", "RealNVPNormal", "MeanFieldBernoulli", "ConcreteBernoulli", "StraightThroughBernoulli",
 ]

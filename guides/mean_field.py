@@ -1,4 +1,5 @@
-"""Mean-field (fully factorised) families: diagonal Gaussian for real sites."""
+"""Mean-field (fully factorised) families: diagonal Gaussian for real sites, independent
+Bernoulli bits for binary sites."""
 import math
 
 import torch
@@ -28,3 +29,23 @@ class MeanFieldNormal(Family):
         loc = torch.zeros(self.site.dim)
         raw = torch.full((self.site.dim,), math.log(math.expm1(1.0 - self.min_scale)))
         return torch.cat([loc, raw])
+
+
+class MeanFieldBernoulli(Family):
+    """q(z) = prod_k Bernoulli(z_k | sigmoid(logit_k)) for binary sites; parameters are the logits.
+
+    Not reparameterisable: Trace/TraceGraph_ELBO use the score function (REINFORCE), with
+    baselines through ``Guide(site_infer=...)``."""
+
+    supports = ("binary",)
+
+    @property
+    def param_dim(self) -> int:
+        return self.site.dim
+
+    def distribution(self, params: torch.Tensor):
+        return dist.Bernoulli(logits=params).to_event(1)
+
+    def prior_params(self) -> torch.Tensor:
+        """Logits 0: Bernoulli(0.5), the starting point of a local guide."""
+        return torch.zeros(self.site.dim)
