@@ -54,6 +54,13 @@ def _std_normal_log_prob(eps: torch.Tensor) -> torch.Tensor:
     return -0.5 * (eps ** 2 + LOG_2PI).sum(-1)
 
 
+def _sample_base(params: torch.Tensor, d: int):
+    """z_0 ~ N(loc, diag scale^2) (reparameterised) and log q(z_0), for every flow family."""
+    loc, scale = _base(params, d)
+    eps = torch.randn_like(loc)
+    return loc + scale * eps, _std_normal_log_prob(eps) - scale.log().sum(-1)
+
+
 class FlowDistribution(dist.TorchDistribution):
     """q(z) of a flow family with per-datapoint ``params`` (batch shape ``params.shape[:-1]``).
 
@@ -158,10 +165,7 @@ class PlanarFlowNormal(FlowFamily):
 
     def flow(self, params):
         d = self.site.dim
-        loc, scale = _base(params, d)
-        eps = torch.randn_like(loc)
-        z = loc + scale * eps
-        log_q = _std_normal_log_prob(eps) - scale.log().sum(-1)
+        z, log_q = _sample_base(params, d)
         us, ws, bs = self.steps(params)
         for k in range(self.num_steps):
             u, w, b = us[..., k, :], ws[..., k, :], bs[..., k:k + 1]
@@ -187,27 +191,17 @@ def _shift_and_log_scale(net, inputs):
     return shift, 2.0 * torch.tanh(raw / 2.0)  # log-scale bounded in (-2, 2): stable training
 
 
-class RealNVPNormal(FlowFamily):
-    """K affine coupling layers (Dinh et al. 2017) on a diagonal Gaussian.
+class ContextFlowFamily(FlowFamily):
+    """Flows whose networks are shared and read a per-datapoint context vector c.
 
-    Layer k permutes z by a fixed random permutation, keeps the first half and maps the second
-    half to z_2 * exp(s) + t, with (t, s) = net_k(z_1, c): shared networks, per-datapoint
-    context c. Parameters per point: [loc (d), raw scale (d), c (context_dim)].
+    Parameters per point: [loc (d), raw scale (d), c (context_dim)].
     """
 
     has_shared_networks = True
 
-    def __init__(self, site, num_layers: int = 4, hidden: int = 100, context_dim: int | None = None):
+    def __init__(self, site, context_dim: int | None = None):
         super().__init__(site)
-        d = site.dim
-        self.context_dim = context_dim if context_dim is not None else d
-        self.num_layers = num_layers
-        self.split = d // 2
-        generator = torch.Generator().manual_seed(0)
-        self.register_buffer("perms", torch.stack([torch.randperm(d, generator=generator) for _ in range(num_layers)]))
-        self.nets = nn.ModuleList(
-            _coupling_net(self.split + self.context_dim, hidden, d - self.split) for _ in range(num_layers)
-        )
+        self.context_dim = context_dim if context_dim is not None else site.dim
 
     @property
     def param_dim(self):
@@ -216,13 +210,30 @@ class RealNVPNormal(FlowFamily):
     def prior_params(self):
         return torch.cat([_base_prior(self.site.dim), torch.zeros(self.context_dim)])
 
+
+class RealNVPNormal(ContextFlowFamily):
+    """K affine coupling layers (Dinh et al. 2017) on a diagonal Gaussian.
+
+    Layer k permutes z by a fixed random permutation, keeps the first half and maps the second
+    half to z_2 * exp(s) + t, with (t, s) = net_k(z_1, c): shared networks, per-datapoint
+    context c. Parameters per point: [loc (d), raw scale (d), c (context_dim)].
+    """
+
+    def __init__(self, site, num_layers: int = 4, hidden: int = 100, context_dim: int | None = None):
+        super().__init__(site, context_dim)
+        d = site.dim
+        self.num_layers = num_layers
+        self.split = d // 2
+        generator = torch.Generator().manual_seed(0)
+        self.register_buffer("perms", torch.stack([torch.randperm(d, generator=generator) for _ in range(num_layers)]))
+        self.nets = nn.ModuleList(
+            _coupling_net(self.split + self.context_dim, hidden, d - self.split) for _ in range(num_layers)
+        )
+
     def flow(self, params):
         d = self.site.dim
-        loc, scale = _base(params, d)
+        z, log_q = _sample_base(params, d)
         context = params[..., 2 * d:]
-        eps = torch.randn_like(loc)
-        z = loc + scale * eps
-        log_q = _std_normal_log_prob(eps) - scale.log().sum(-1)
         for perm, net in zip(self.perms, self.nets):
             z = z[..., perm]
             z1, z2 = z[..., :self.split], z[..., self.split:]
@@ -247,7 +258,7 @@ class RealNVPNormal(FlowFamily):
         return _std_normal_log_prob(eps) - scale.log().sum(-1) - log_det
 
 
-class AuxiliaryFlowNormal(FlowFamily):
+class AuxiliaryFlowNormal(ContextFlowFamily):
     """The auxiliary-variable flow q_AF of Cremer, Li & Duvenaud (2018), Section 3.2.
 
     z_0 ~ N(loc, diag scale^2); v_0 ~ N(mu(z_0, c), diag sigma(z_0, c)^2); K steps of
@@ -259,13 +270,10 @@ class AuxiliaryFlowNormal(FlowFamily):
     Parameters per point: [loc (d), raw scale (d), c (context_dim)]; networks are shared.
     """
 
-    has_shared_networks = True
-
     def __init__(self, site, num_steps: int = 2, hidden: int = 100, context_dim: int | None = None,
                  aux_dim: int | None = None):
-        super().__init__(site)
+        super().__init__(site, context_dim)
         d = site.dim
-        self.context_dim = context_dim if context_dim is not None else d
         self.aux_dim = aux_dim if aux_dim is not None else d
         self.num_steps = num_steps
         self.v0_net = _coupling_net(d + self.context_dim, hidden, self.aux_dim)
@@ -276,20 +284,10 @@ class AuxiliaryFlowNormal(FlowFamily):
     def aux_name(self) -> str:
         return f"aux_{self.site.name}"
 
-    @property
-    def param_dim(self):
-        return 2 * self.site.dim + self.context_dim
-
-    def prior_params(self):
-        return torch.cat([_base_prior(self.site.dim), torch.zeros(self.context_dim)])
-
     def flow(self, params):
         d = self.site.dim
-        loc, scale = _base(params, d)
+        z, log_q = _sample_base(params, d)
         context = params[..., 2 * d:]
-        eps = torch.randn_like(loc)
-        z = loc + scale * eps
-        log_q = _std_normal_log_prob(eps) - scale.log().sum(-1)
         v_loc, v_log_scale = _shift_and_log_scale(self.v0_net, torch.cat([z, context], -1))
         eta = torch.randn_like(v_loc)
         v = v_loc + v_log_scale.exp() * eta

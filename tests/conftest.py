@@ -3,6 +3,7 @@ from pathlib import Path
 
 import pyro
 import pytest
+import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -12,6 +13,15 @@ def fresh_pyro():
     pyro.clear_param_store()
     pyro.set_rng_seed(0)
     yield
+
+
+@pytest.fixture
+def one_thread():
+    """Small networks: one torch thread is faster, much faster when other jobs share the cores."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
 
 
 @pytest.fixture

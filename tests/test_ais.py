@@ -9,12 +9,7 @@ from inference.ais import AISSettings, LogJoint, ais, beta_schedule, simulate
 from pyro_models import LinearGaussian, LinearGaussianConfig
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # tiny tensors: threads only add synchronisation on a busy machine
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture

@@ -21,13 +21,7 @@ WORDS = ["abacoramos", "ábaco", "niño", "x", "pingüinos", "desabejada", "sí"
          "zz", "queso"]
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Small LSTMs: one thread is faster, and much faster when other jobs share the cores."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def tiny(bits=4, **kw):

@@ -10,12 +10,7 @@ from inference.local_opt import LocalOptSettings, optimise_local
 from pyro_models import LinearGaussian, LinearGaussianConfig
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def make_model(diagonal_posterior: bool):
