@@ -11,7 +11,10 @@ from inference.metrics_log import read_metrics  # noqa: E402
 
 
 def image_grid(rows: list[torch.Tensor], image_shape, path: Path, row_titles=None, title: str = "") -> Path:
-    """Each entry of ``rows`` is a (n, D) tensor of pixel values in [0, 1], drawn as one row."""
+    """Each entry of ``rows`` is a (n, D) tensor of pixel values in [0, 1] (or uint8), drawn as one row.
+
+    ``image_shape`` (H, W) is grey; (C, H, W) is channel-first, C = 3 colour, C = 1 grey.
+    """
     n_rows, n_cols = len(rows), max(len(r) for r in rows)
     fig, axes = plt.subplots(n_rows, n_cols, figsize=(n_cols * 0.9, n_rows * 0.95 + 0.4), squeeze=False)
     for i, row in enumerate(rows):
@@ -19,7 +22,7 @@ def image_grid(rows: list[torch.Tensor], image_shape, path: Path, row_titles=Non
             ax = axes[i][j]
             ax.axis("off")
             if j < len(row):
-                ax.imshow(row[j].reshape(image_shape).detach().cpu().numpy(), cmap="gray", vmin=0, vmax=1)
+                _show(ax, row[j], image_shape)
         if row_titles:
             axes[i][0].set_title(row_titles[i], fontsize=7, loc="left")
     fig.suptitle(title, fontsize=9)
@@ -27,6 +30,21 @@ def image_grid(rows: list[torch.Tensor], image_shape, path: Path, row_titles=Non
     fig.savefig(path, dpi=80)
     plt.close(fig)
     return path
+
+
+def _show(ax, pixels: torch.Tensor, image_shape) -> None:
+    pixels = pixels.detach().cpu()
+    if pixels.dtype == torch.uint8:
+        pixels = pixels.float() / 255.0
+    image = pixels.reshape(image_shape)
+    if len(image_shape) == 3:  # channel-first -> matplotlib's (H, W, C); one channel stays grey
+        image = image.permute(1, 2, 0)
+        if image.shape[-1] == 1:
+            image = image[..., 0]
+    if image.ndim == 3:
+        ax.imshow(image.clamp(0, 1).numpy())  # RGB floats must lie in [0, 1]
+    else:
+        ax.imshow(image.numpy(), cmap="gray", vmin=0, vmax=1)
 
 
 def training_curve(metrics_csv: Path, path: Path, column: str = "loss", ylabel: str = "loss") -> Path:

@@ -32,12 +32,13 @@ class DataDir:
     def describe(self) -> str:
         return f"{self.path} ({self.origin})"
 
-    def missing(self, relative: str, hint: str = "") -> DataError:
+    def missing(self, relative: str, hint: str = "", downloadable: bool = True) -> DataError:
+        """``downloadable=False`` for files no loader can fetch (the hint then says where to get them)."""
         how = (
             f"put the file there, or point --data-dir or ${ENV_VAR} at a directory that has "
             f"it (same layout as shared/data; see its README)"
         )
-        if not self.can_download:
+        if downloadable and not self.can_download:
             how += f", or unset both to download into {CACHE_DIR}"
         return DataError(f"missing data file {relative} in data directory {self.describe()}: {how}{hint}")
 

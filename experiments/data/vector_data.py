@@ -8,6 +8,11 @@ import torch
 class VectorData:
     """Data points as rows (flattened images in [0, 1] for image sets), with optional labels.
 
+    Colour images are flattened channel-first, ``image_shape`` (C, H, W). Large image sets may
+    keep raw uint8 pixels (0-255) instead of floats (3dshapes: 5.9 GB rather than 23 GB);
+    convert batches with ``x.float() / 255`` when ``x.dtype == torch.uint8``. Labels are (N,) class
+    indices, or (N, F) for F factors, named in ``notes["label_names"]``.
+
     ``dynamic_binarisation``: train batches are resampled as Bernoulli(pixel intensity) at every
     step; the evaluation splits were binarised once with a fixed seed, so they stay comparable.
     """
