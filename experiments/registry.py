@@ -7,3 +7,6 @@ EXPERIMENTS[CompILEExperiment.name] = CompILEExperiment()
 from .lfm import LFMExperiment  # noqa: E402
 
 EXPERIMENTS[LFMExperiment.name] = LFMExperiment()
+from .mfcvae import MFCVAEExperiment  # noqa: E402
+
+EXPERIMENTS[MFCVAEExperiment.name] = MFCVAEExperiment()

@@ -67,11 +67,10 @@ def build_guide(
 ) -> Guide:
     """An amortised guide when given an encoder, a local one when given ``num_points``."""
     families = [family_cls(site) for site in sites]
-    param_dim = sum(family.param_dim for family in families)
     if (encoder is None) == (num_points is None):
         raise ValueError("give either an encoder (amortised guide) or num_points (local guide)")
     if encoder is not None:
-        source = AmortisedParams(encoder, encoder_dim, param_dim)
+        source = AmortisedParams(encoder, encoder_dim, [family.param_dim for family in families])
     else:
         initial = torch.cat([family.prior_params() for family in families])
         source = LocalParams(num_points, initial)

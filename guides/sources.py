@@ -1,4 +1,6 @@
 """Where a guide's per-datapoint parameters come from: an encoder, or a free table."""
+from collections.abc import Sequence
+
 import torch
 from torch import nn
 
@@ -8,13 +10,31 @@ class AmortisedParams(nn.Module):
 
     amortised = True
 
-    def __init__(self, encoder: nn.Module, encoder_dim: int, param_dim: int):
+    def __init__(self, encoder: nn.Module, encoder_dim: int, param_dims: Sequence[int]):
         super().__init__()
         self.encoder = encoder
-        self.head = nn.Linear(encoder_dim, param_dim)
+        feature_dims = getattr(encoder, "feature_dims", None)
+        if feature_dims is not None and len(feature_dims) == len(param_dims):
+            self.head = BlockHead(feature_dims, param_dims)
+        else:
+            self.head = nn.Linear(encoder_dim, sum(param_dims))
 
     def forward(self, data: dict, idx: torch.Tensor | None) -> torch.Tensor:
         return self.head(self.encoder(**data))
+
+
+class BlockHead(nn.Module):
+    """One linear head per site, each reading only its own slice of the features: a ladder
+    encoder (``encoder.feature_dims``, one entry per site) gives site s its own rung."""
+
+    def __init__(self, feature_dims: Sequence[int], param_dims: Sequence[int]):
+        super().__init__()
+        self.feature_dims = list(feature_dims)
+        self.heads = nn.ModuleList(nn.Linear(f, p) for f, p in zip(feature_dims, param_dims))
+
+    def forward(self, features: torch.Tensor) -> torch.Tensor:
+        chunks = features.split(self.feature_dims, dim=-1)
+        return torch.cat([head(chunk) for head, chunk in zip(self.heads, chunks)], dim=-1)
 
 
 class LocalParams(nn.Module):
