@@ -26,6 +26,7 @@ from torch import nn
 
 from guides import build_guide, guide_family
 from inference import ElboObjective, evaluate_importance
+from inference.checkpoint import ParamStoreEntries
 from inference.metrics_log import read_metrics
 from inference.schedules import linear_warmup
 from pyro_models.lfm import LatentFactorModel, LFMConfig, bernoulli_kl, sequence_mask
@@ -33,8 +34,6 @@ from pyro_models.lfm import LatentFactorModel, LFMConfig, bernoulli_kl, sequence
 from . import plots
 from .base import Built, Experiment, TrainDefaults, setting
 from .data.sigmorphon import BucketedBatches, Words, load_sigmorphon
-
-MIN_SCALE = 1e-6  # poutine.scale refuses 0: the smallest KL weight of annealing and free nats
 
 
 @dataclass
@@ -109,7 +108,7 @@ class FreeNatsObjective:
             data = {k: v for k, v in batch.items() if k != "idx"}
             kl = bernoulli_kl(self.guide.params(batch.get("idx"), **data), self.prior_prob).mean().item()
         if kl < self.free_nats:
-            schedule = {**schedule, "latent_scales": {"z": MIN_SCALE}}
+            schedule = {**schedule, "latent_scales": {"z": 0.0}}  # exact: latent_scale masks the site
         return self.inner(batch, **schedule)
 
 
@@ -215,6 +214,8 @@ class LFMExperiment(Experiment):
             objective = FreeNatsObjective(objective, q, config.prior_prob, settings.free_nats)
         modules = {"model": model, "guide": q}
         modules["best"] = BestState(modules)
+        if baselines.kind == "decaying":  # Pyro keeps the running average in its param store: checkpoint it
+            modules["param_store"] = ParamStoreEntries()
         return Built(model=model, guide=q, objective=objective, modules=modules)
 
     def steps_per_epoch(self, data, batch_size):
@@ -230,7 +231,7 @@ class LFMExperiment(Experiment):
         def schedule(step):
             extra = {"word_dropout": settings.word_dropout} if settings.word_dropout > 0 else {}
             if settings.kl_warmup_steps > 0:
-                extra["latent_scales"] = {"z": max(MIN_SCALE, linear_warmup(step, settings.kl_warmup_steps))}
+                extra["latent_scales"] = {"z": linear_warmup(step, settings.kl_warmup_steps)}  # 0 at step 0: masked
             return extra
 
         return schedule
@@ -240,7 +241,7 @@ class LFMExperiment(Experiment):
         return _subset(self.data.train, n), torch.arange(n)
 
     def on_log(self, built, data, settings):
-        modules = {k: v for k, v in built.modules.items() if k != "best"}
+        modules = {k: built.modules[k] for k in ("model", "guide")}
 
         def log(step):
             for module in modules.values():
@@ -311,7 +312,7 @@ def qualitative(model, guide, data, amortised: bool, num: int = 10, seed: int = 
     """Greedy decodes: prior samples, posterior-mean and posterior-sample reconstructions of test
     words, and an interpolation between the posterior means of two test words."""
     vocab, generator = data.vocab, torch.Generator().manual_seed(seed)
-    decode = lambda z: [vocab.decode(row) for row in model.greedy(z, data.max_length + 1)]  # noqa: E731
+    decode = lambda z: [vocab.decode(row) for row in model.greedy(z, data.max_length + 1)]
     bits = model.config.latent_bits
     lines = ["# greedy decodes of z ~ p(z)"]
     z = torch.bernoulli(torch.full((num, bits), model.config.prior_prob), generator=generator)
