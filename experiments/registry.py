@@ -10,3 +10,6 @@ EXPERIMENTS[LFMExperiment.name] = LFMExperiment()
 from .mfcvae import MFCVAEExperiment  # noqa: E402
 
 EXPERIMENTS[MFCVAEExperiment.name] = MFCVAEExperiment()
+from .cpc import CPCExperiment  # noqa: E402
+
+EXPERIMENTS[CPCExperiment.name] = CPCExperiment()

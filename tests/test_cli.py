@@ -21,8 +21,10 @@ SMOKE_FLAGS = {
     "compile": ["--batch-size", "64", "--eval-batch-size", "64", "--test-nll-particles", "1"],
     "lfm": ["--batch-size", "16", "--importance-samples", "2", "--dev-importance-samples", "2", "--eval-points", "40",
             "--dev-points", "40", "--train-eval-points", "40", "--embedding-dim", "16", "--hidden-dim", "16"],
+    "cpc": ["--width", "16", "--context-dim", "16", "--batch-size", "4", "--eval-batches", "1", "--probe-utterances",
+            "30", "--probe-iterations", "10", "--supervised-steps", "2"],
 }
-NEEDS_DATA_DIR = {"lfm"}  # real data only (no download here): skipped without PYRO_MODELS_DATA, as the data tests
+NEEDS_DATA_DIR = {"lfm", "cpc"}  # real data only (no download here): skipped without PYRO_MODELS_DATA, as the data tests
 RUN_FILES = ["summary.json", "metrics.csv", "config.json", "checkpoint.pt", "training_curve.png"]
 
 

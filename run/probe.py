@@ -1,0 +1,11 @@
+#!/usr/bin/env python
+"""Evaluate a CPC run: linear probes and baselines, ``python run/probe.py --run DIR`` (see --help)."""
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
+
+from experiments.cpc_probe_cli import main  # noqa: E402
+
+if __name__ == "__main__":
+    sys.exit(main())
