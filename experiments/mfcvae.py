@@ -190,16 +190,19 @@ class MFCVAEExperiment(Experiment):
         if labels is None:
             return {}
         labels = labels[:x.shape[0]]
-        summary, accuracies = {}, []
+        summary = {}
         for j, assignment in enumerate(self.assignments(built, x, idx)):
+            scores = {}  # factor name (None for class labels) -> accuracy
             for name, target in label_columns(labels, built):
                 suffix = "" if name is None else f"_{name}"
-                acc = cluster_accuracy(target, assignment)
-                summary[f"facet{j}_acc{suffix}"] = acc
+                scores[name] = summary[f"facet{j}_acc{suffix}"] = cluster_accuracy(target, assignment)
                 summary[f"facet{j}_nmi{suffix}"] = nmi(target, assignment)
-                accuracies.append(acc)
+            if None not in scores:  # several factors: the facet is scored on the one it matches best
+                best = max(scores, key=scores.get)
+                summary.update({f"facet{j}_acc": scores[best], f"facet{j}_nmi": summary[f"facet{j}_nmi_{best}"],
+                                f"facet{j}_factor": best})
             summary[f"facet{j}_clusters_used"] = clusters_used(assignment)
-        summary["best_acc"] = max(accuracies)
+        summary["best_acc"] = max(summary[f"facet{j}_acc"] for j in range(built.model.num_facets))
         return summary
 
     def plot(self, built, data, out_dir):

@@ -164,3 +164,35 @@ def test_other_guide_families_train_on_the_facets(guide, tmp_path, fresh_pyro):
     loss = built.objective(batch, **experiment.schedule(MFCVAESettings(), built)(0))
     assert np.isfinite(float(loss))
     assert [a.shape for a in experiment.assignments(built, data.test[:5])] == [(5,), (5,)]
+
+
+def test_convolutional_ladder_on_colour_images(fresh_pyro):
+    """--architecture conv with the Gaussian likelihood: one training step and the cluster scores."""
+    from experiments.data import VectorData
+
+    generator = torch.Generator().manual_seed(0)
+    images = torch.rand(24, 3 * 32 * 32, generator=generator)
+    labels = torch.arange(24) % 4
+    data = VectorData("tiny", train=images[:16], valid=None, test=images[16:], image_shape=(3, 32, 32),
+                      train_labels=labels[:16], test_labels=labels[16:])
+    config = MFCVAEConfig(architecture="conv", likelihood="gaussian", clusters=(3, 3))
+    experiment = MFCVAEExperiment()
+    built = experiment.build(config, MFCVAESettings(gmm_init_points=16), data, "ffg", local=False)
+    loss = built.objective(experiment.batches(data, 8, seed=0)(0), **experiment.schedule(MFCVAESettings(), built)(5000))
+    assert np.isfinite(float(loss))
+    summary = experiment.clustering_summary(built, data.test, data.test_labels, None)
+    assert 0 < summary["best_acc"] <= 1 and summary["facet0_clusters_used"] >= 1
+
+
+def test_factor_labels_score_each_facet_on_its_best_factor(fresh_pyro):
+    """3DShapes-style labels (one column per factor): per-factor scores, and facet{j}_acc names the best."""
+    data = load_digits_binarised()
+    built = MFCVAEExperiment().build(MFCVAEConfig(encoder_backbone=(32, 16), decoder_rungs=(16, 16), decoder_backbone=(16, 16)),
+                                     MFCVAESettings(gmm_init_points=200), data, "ffg", local=False)
+    built.label_names = ["digit", "constant"]
+    labels = torch.stack([data.test_labels, torch.zeros_like(data.test_labels)], dim=1)
+    summary = MFCVAEExperiment().clustering_summary(built, data.test, labels, None)
+    for j in (0, 1):
+        assert summary[f"facet{j}_acc_constant"] == 1.0  # one class: every mapping is right
+        assert summary[f"facet{j}_factor"] == "constant" and summary[f"facet{j}_acc"] == 1.0
+        assert summary[f"facet{j}_acc_digit"] < 1.0
