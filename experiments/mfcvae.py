@@ -44,6 +44,8 @@ class MFCVAESettings:
     eval_points: int = setting(0, "test points for ELBO/IWAE and the clustering scores (0: all)")
     log_eval_points: int = setting(1000, "test points for the clustering accuracy logged during training")
     eval_max_rows: int = setting(32768, "particles x points per forward pass (bounds evaluation memory)")
+    threads: int = setting(1, "torch intra-op threads (0: torch's default); on a shared 2-core machine one thread per "
+                           "run was 4x faster than two")
 
 
 def as_float(x: torch.Tensor) -> torch.Tensor:
@@ -75,6 +77,8 @@ class MFCVAEExperiment(Experiment):
 
     # --- model and guide ---------------------------------------------------------------------
     def build(self, config, settings, data, guide, local):
+        if settings.threads > 0:
+            torch.set_num_threads(settings.threads)
         config.data_dim = data.data_dim
         config.image_shape = tuple(data.image_shape)
         model = MFCVAE(config)

@@ -25,7 +25,7 @@ from torch.profiler import ProfilerActivity, profile  # noqa: E402
 from experiments.cli import parse, resolve  # noqa: E402
 from experiments.config_flags import dataclass_from_args  # noqa: E402
 from experiments.data import DataDir  # noqa: E402
-from inference.runner import parameters_of  # noqa: E402
+from inference.runner import make_optimizer, parameters_of  # noqa: E402
 
 MATRIX_OPS = {"aten::mm", "aten::addmm", "aten::bmm", "aten::baddbmm", "aten::convolution_backward",
               "aten::mkldnn_convolution", "aten::_convolution", "aten::_nnpack_spatial_convolution"}
@@ -45,7 +45,7 @@ def main(argv=None) -> int:
     batch_for_step = experiment.batches(data, train["batch_size"], args.seed)
     schedule = experiment.schedule(settings, built) or (lambda step: {})
     params = parameters_of(built.modules)
-    optimizer = torch.optim.Adam(params, lr=train["lr"])
+    optimizer = make_optimizer(params, train["lr"])
 
     def step(i):
         optimizer.zero_grad(set_to_none=True)
