@@ -21,6 +21,7 @@ SMOKE_FLAGS = {
     "compile": ["--batch-size", "64", "--eval-batch-size", "64", "--test-nll-particles", "1"],
     "lfm": ["--batch-size", "16", "--importance-samples", "2", "--dev-importance-samples", "2", "--eval-points", "40",
             "--dev-points", "40", "--train-eval-points", "40", "--embedding-dim", "16", "--hidden-dim", "16"],
+    "mfcvae": ["--iwae-k", "3", "--eval-points", "60", "--gmm-init-points", "200", "--batch-size", "32"],
     "cpc": ["--width", "16", "--context-dim", "16", "--batch-size", "4", "--eval-batches", "1", "--probe-utterances",
             "30", "--probe-iterations", "10", "--supervised-steps", "2"],
 }
