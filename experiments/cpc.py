@@ -23,6 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+from tqdm.auto import tqdm
 
 from inference import LossObjective
 from inference.infonce import MODES, info_nce
@@ -157,6 +158,7 @@ class CPCExperiment(Experiment):
             started = time.perf_counter()
             scores = probe_both(features_of(train_utts, "train"), features_of(test_utts, "test"), *probe_args)
             timings[label] = round(time.perf_counter() - started, 1)
+            tqdm.write(f"{label} probes: " + ", ".join(f"{k} {v:.4f}" for k, v in scores.items()))
             return scores
 
         cpc = probe(lambda utts, split: context_features(model, utts, progress, f"CPC features ({split})"), "cpc")
@@ -183,6 +185,7 @@ class CPCExperiment(Experiment):
                 result = train_supervised(config, subset, task, self.window(settings), train["batch_size"], train["lr"],
                                           settings.supervised_steps, seed=2, pool=settings.speaker_pool,
                                           progress=progress)
+                tqdm.write(f"supervised {task}: " + ", ".join(f"{k} {v}" for k, v in result.items()))
                 summary[f"baseline_supervised_{task}_acc"] = result["test_acc"]
                 summary[f"supervised_{task}_train_loss_last"] = result["train_loss_last"]
                 timings[f"supervised_{task}"] = result["wall_s"]

@@ -11,7 +11,7 @@ import time
 
 from inference.checkpoint import load_checkpoint
 
-from .cpc import BASELINES
+from .cpc import BASELINES, parse_baselines
 from .data import DataError
 from .run_dir import load_run
 
@@ -31,6 +31,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--probe-weight-decay", type=float, help="L2 penalty of the linear probes")
     parser.add_argument("--speaker-pool", choices=["mean", "last"], help="utterance feature for the speaker probe")
     parser.add_argument("--eval-batches", type=int, help="batches of test windows for the InfoNCE accuracy")
+    parser.add_argument("--keep", action="store_true",
+                        help="keep, from the existing summary.json, the figures of baselines not computed this time")
     parser.add_argument("--threads", type=int, help="torch intra-op threads (0: torch's default)")
     parser.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bars")
     parser.add_argument("--traceback", action="store_true", help="show the full traceback of a failure")
@@ -48,7 +50,14 @@ def run(args) -> dict:
 
         torch.set_num_threads(settings.threads)
     started = time.perf_counter()
+    previous_path = loaded.path / "summary.json"
+    previous = json.loads(previous_path.read_text()) if args.keep and previous_path.exists() else {}
     summary = loaded.experiment.evaluate(loaded.built, loaded.data, settings, loaded.path, args.progress)
+    computed = parse_baselines(settings.baselines)
+    for key, value in previous.items():
+        name = key.split("_")[1] if key.startswith("baseline_") else key.split("_")[0]
+        if name in BASELINES and name not in computed and key.startswith(("baseline_", name + "_")):
+            summary[key] = value
     extra = load_checkpoint(loaded.path / "checkpoint.pt")["extra"]
     summary.update({"train_steps": loaded.step, "train_wall_s": round(extra.get("elapsed_s", 0.0), 1),
                     "eval_wall_s": round(time.perf_counter() - started, 1), "evaluated_by": "run/probe.py",

@@ -30,14 +30,16 @@ def test_summary_keys_and_plots(tmp_path):
     for name in ("training_curve.png", "infonce_accuracy.png", "probes.png"):
         assert (tmp_path / "run" / name).exists(), name
 
-    # run/probe.py re-evaluates the run directory with other evaluation settings
+    # run/probe.py re-evaluates the run directory with other evaluation settings; --keep keeps the rest
     result = subprocess.run([sys.executable, str(ROOT / "run" / "probe.py"), "--run", str(tmp_path / "run"),
-                             "--baselines", "mfcc", "--no-progress"],
+                             "--baselines", "mfcc", "--keep", "--no-progress"],
                             capture_output=True, text=True, timeout=300, cwd=ROOT, check=False)
     assert result.returncode == 0, result.stderr
     again = json.loads((tmp_path / "run" / "summary.json").read_text())
     assert again["evaluated_by"] == "run/probe.py" and again["train_steps"] == 3
-    assert again["baseline_supervised_phone_acc"] is None and again["baseline_mfcc_phone_acc"] == summary["baseline_mfcc_phone_acc"]
+    assert again["baseline_mfcc_phone_acc"] == summary["baseline_mfcc_phone_acc"]
+    assert again["baseline_supervised_phone_acc"] == summary["baseline_supervised_phone_acc"]  # kept (--keep)
+    assert again["baseline_random_speaker_acc"] == summary["baseline_random_speaker_acc"]
 
 
 @pytest.mark.parametrize("flags, message", [
