@@ -165,6 +165,14 @@ class MFCVAEExperiment(Experiment):
         return [built.model.cluster_log_posterior(j, z).argmax(-1).numpy() for j, z in enumerate(means)]
 
     # --- evaluation --------------------------------------------------------------------------
+    def evaluation_points(self, data, num_points: int, split: str = "train") -> dict:
+        """The first points of a split as model keyword arguments, for run/gap.py (training
+        images binarised once with a fixed seed when the data set binarises dynamically)."""
+        x = as_float((data.train if split == "train" else data.test)[:num_points])
+        if split == "train" and data.dynamic_binarisation:
+            x = binarise_fixed(x, TRAIN_EVAL_BINARISATION_SEED)
+        return {"x": x, "idx": torch.arange(x.shape[0])}
+
     def evaluation_split(self, built, data, settings):
         """Test points for an amortised guide; training points (those the table holds) for a local one."""
         if built.guide.amortised:

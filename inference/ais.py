@@ -65,7 +65,8 @@ def beta_schedule(num_steps: int, kind: str = "sigmoid", delta: float = 4.0) -> 
 
 
 def _is_real(support) -> bool:
-    while isinstance(support, constraints.independent):
+    """Real vectors, also through ``independent`` and a mixture's support (MFCVAE's prior)."""
+    while hasattr(support, "base_constraint"):
         support = support.base_constraint
     return support is constraints.real
 
