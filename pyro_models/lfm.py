@@ -62,8 +62,10 @@ class BiLSTMEncoder(nn.Module):
 class LatentFactorModel(nn.Module):
     max_plate_nesting = 1
 
-    def __init__(self, config: LFMConfig = LFMConfig()):
+    def __init__(self, config: LFMConfig | None = None):
         super().__init__()
+        if config is None:  # a fresh default per model, not one instance shared by all
+            config = LFMConfig()
         self.config = config
         h = config.hidden_dim
         self.embedding = nn.Embedding(config.vocab_size, config.embedding_dim, padding_idx=PAD)

@@ -10,7 +10,14 @@ import torch
 from pyro.infer import TraceGraph_ELBO
 
 from experiments.data.files import DataDir
-from experiments.data.sigmorphon import EOS, PAD, BucketedBatches, Vocabulary, encode_words, load_sigmorphon
+from experiments.data.sigmorphon import (
+    EOS,
+    PAD,
+    BucketedBatches,
+    Vocabulary,
+    encode_words,
+    load_sigmorphon,
+)
 from experiments.lfm import Baselines, score_words
 from guides import ConcreteBernoulli, MeanFieldBernoulli, build_guide
 from guides.relaxed import StraightThroughBernoulli
