@@ -16,7 +16,7 @@ from .base import Built, Experiment, TrainDefaults
 from .batching import EpochBatches
 from .data import IMAGE_DATASETS
 from .data.simulated import load_simulated
-from .data.vector_data import binarise_fixed
+from .data.vector_data import as_float, binarise_fixed
 
 TRAIN_EVAL_BINARISATION_SEED = 4321
 
@@ -66,7 +66,7 @@ class DensityExperiment(Experiment):
         x = data.train if split == "train" else data.test
         if split == "train" and data.dynamic_binarisation:
             x = binarise_fixed(x, TRAIN_EVAL_BINARISATION_SEED)
-        x = x[:num_points]
+        x = as_float(x[:num_points])
         return {"x": x, "idx": torch.arange(x.shape[0])}
 
     def steps_per_epoch(self, data, batch_size):
@@ -77,7 +77,7 @@ class DensityExperiment(Experiment):
 
         def batch_for_step(step):
             idx = sampler.indices(step)
-            x = data.train[idx]
+            x = as_float(data.train[idx])
             if data.dynamic_binarisation:
                 x = torch.bernoulli(x)
             return {"x": x, "idx": idx}

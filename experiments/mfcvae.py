@@ -2,25 +2,22 @@
 progressive training, GMM-initialised clusters, and per-facet clustering scores."""
 from dataclasses import dataclass
 
-import pyro
 import torch
 
-from guides import auxiliary_reverse_for, build_guide, guide_family, with_auxiliary
 from guides.mean_field import MeanFieldNormal
-from inference import ElboObjective, evaluate_importance
+from inference import evaluate_importance
 from inference.schedules import progressive_facets
 from pyro_models.mfcvae import MFCVAE, MFCVAEConfig
 from pyro_models.settings import setting
 
 from . import mfcvae_plots, plots
-from .base import Built, Experiment, TrainDefaults
-from .batching import EpochBatches
+from .base import TrainDefaults
 from .clustering import cluster_accuracy, clusters_used, nmi
 from .data import IMAGE_DATASETS
-from .data.vector_data import binarise_fixed
+from .data.vector_data import as_float, binarise_fixed
+from .density import TRAIN_EVAL_BINARISATION_SEED, DensityExperiment
 
 GMM_SEED = 0
-TRAIN_EVAL_BINARISATION_SEED = 4321
 DATASETS = ("digits", "mnist", "fashion_mnist", "svhn", "3dshapes")
 # dataset -> (steps, batch, lr, progressive phase steps, fade-in steps). MNIST: the paper's
 # batch and rate; its schedule (201 + 201 epochs, fade-in over 15000 steps) compressed to fit
@@ -48,20 +45,15 @@ class MFCVAESettings:
                            "run was 4x faster than two")
 
 
-def as_float(x: torch.Tensor) -> torch.Tensor:
-    return x.float() / 255.0 if x.dtype == torch.uint8 else x
-
-
-class MFCVAEExperiment(Experiment):
+class MFCVAEExperiment(DensityExperiment):
     name = "mfcvae"
+    model_cls = MFCVAE
     description = "multi-facet clustering VAE of Falck et al. (2021): a mixture-of-Gaussians prior per facet, ladder networks"
     config_cls = MFCVAEConfig
     settings_cls = MFCVAESettings
     datasets = DATASETS
     default_dataset = "digits"
-    guides = ("ffg", "planar", "realnvp", "auxflow")
-    default_guide = "ffg"
-    supports_local_guide = True
+    # guides, default_guide, supports_local_guide: the density experiments' (all real-site families)
 
     def train_defaults(self, dataset):
         steps, batch, lr, _, _ = DEFAULTS.get(dataset, FALLBACK)
@@ -77,33 +69,19 @@ class MFCVAEExperiment(Experiment):
 
     # --- model and guide ---------------------------------------------------------------------
     def build(self, config, settings, data, guide, local):
+        """The density experiments' model + guide (+ r(v|z,x) for auxflow), then the GMM
+        initialisation of the clusters."""
         if settings.threads > 0:
             torch.set_num_threads(settings.threads)
-        config.data_dim = data.data_dim
         config.image_shape = tuple(data.image_shape)
-        model = MFCVAE(config)
-        family = guide_family(guide)
-        encoder, encoder_dim = model.make_encoder()
-        if local:
-            q = build_guide(family, model.latent_sites, num_points=data.train.shape[0])
-        else:
-            q = build_guide(family, model.latent_sites, encoder=encoder, encoder_dim=encoder_dim)
-        modules = {"model": model, "guide": q}
-        reverse = auxiliary_reverse_for(q, *model.make_encoder())  # r(v | z, x) of an auxiliary flow
-        if reverse is not None:
-            modules["reverse"] = reverse
-        built = Built(model=model, guide=q, objective=None, modules=modules)
-        built.objective = ElboObjective(pyro.infer.Trace_ELBO(), self.model_program(built), q)
+        built = super().build(config, settings, data, guide, local)
+        q, model = built.guide, built.model
         built.dataset = data.name
         built.label_names = data.notes.get("label_names")
         if q.amortised:  # a local guide starts at the prior: nothing to fit a mixture to
             x = as_float(data.train[:settings.gmm_init_points])
             model.initialise_clusters([z.numpy() for z in self.posterior_means(built, x)], seed=GMM_SEED)
         return built
-
-    def model_program(self, built):
-        reverse = built.modules.get("reverse")
-        return built.model.model if reverse is None else with_auxiliary(built.model.model, reverse)
 
     @torch.no_grad()
     def posterior_means(self, built, x, idx=None, samples: int = 32) -> list[torch.Tensor]:
@@ -118,22 +96,7 @@ class MFCVAEExperiment(Experiment):
                 means.append(family.distribution(chunk).rsample((samples,)).mean(0))
         return means
 
-    # --- training ----------------------------------------------------------------------------
-    def steps_per_epoch(self, data, batch_size):
-        return data.train.shape[0] // batch_size
-
-    def batches(self, data, batch_size, seed):
-        sampler = EpochBatches(data.train.shape[0], batch_size, seed)
-
-        def batch_for_step(step):
-            idx = sampler.indices(step)
-            x = as_float(data.train[idx])
-            if data.dynamic_binarisation:
-                x = torch.bernoulli(x)
-            return {"x": x, "idx": idx}
-
-        return batch_for_step
-
+    # --- training (batches and steps per epoch: the density experiments') ---------------------
     def schedule_steps(self, settings, dataset) -> tuple[int, int]:
         _, _, _, phase, fade = DEFAULTS.get(dataset, FALLBACK)
         return settings.phase_steps or phase, settings.fade_in_steps or fade
@@ -165,14 +128,6 @@ class MFCVAEExperiment(Experiment):
         return [built.model.cluster_log_posterior(j, z).argmax(-1).numpy() for j, z in enumerate(means)]
 
     # --- evaluation --------------------------------------------------------------------------
-    def evaluation_points(self, data, num_points: int, split: str = "train") -> dict:
-        """The first points of a split as model keyword arguments, for run/gap.py (training
-        images binarised once with a fixed seed when the data set binarises dynamically)."""
-        x = as_float((data.train if split == "train" else data.test)[:num_points])
-        if split == "train" and data.dynamic_binarisation:
-            x = binarise_fixed(x, TRAIN_EVAL_BINARISATION_SEED)
-        return {"x": x, "idx": torch.arange(x.shape[0])}
-
     def evaluation_split(self, built, data, settings):
         """Test points for an amortised guide; training points (those the table holds) for a local one."""
         if built.guide.amortised:

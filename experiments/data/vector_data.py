@@ -32,6 +32,11 @@ class VectorData:
         return self.train.shape[1]
 
 
+def as_float(x: torch.Tensor) -> torch.Tensor:
+    """Pixels as floats in [0, 1]: uint8 images (kept compact in memory) are scaled here."""
+    return x.float() / 255.0 if x.dtype == torch.uint8 else x
+
+
 def binarise_fixed(images: torch.Tensor, seed: int) -> torch.Tensor:
     """One stochastic binarisation with its own generator (leaves the global RNG alone)."""
     generator = torch.Generator().manual_seed(seed)
