@@ -1,0 +1,117 @@
+"""The three quantities of an inference-gap report, per data point, with their Monte Carlo error.
+
+    log p(x) - L[q] = (log p(x) - L[q*]) + (L[q*] - L[q])
+                      approximation gap    amortisation gap
+
+Every estimate carries, per point, the variance of the estimator *given that point and the
+model* (0 where the value is exact, e.g. by enumeration). The report's Monte Carlo standard
+error of a mean over N points is sqrt(sum_i var_i) / N; the three estimates use independent
+random draws, so the variance of a per-point gap is the sum of its two terms' variances. The
+spread over points (which points were drawn) is a different error and is reported separately.
+
+A model whose latents are not all continuous provides its own estimates through
+``Experiment.gap_estimates(built, points, options) -> GapEstimates`` (e.g. by enumerating a
+discrete latent space); the continuous models use AIS and local optimisation (experiments/gap.py).
+"""
+import math
+from dataclasses import dataclass, field
+
+import torch
+
+
+@dataclass
+class Estimate:
+    value: torch.Tensor  # (N,) one estimate per data point
+    mc_var: torch.Tensor  # (N,) Monte Carlo variance of each point's estimate (zeros when exact)
+    method: str  # how it was computed, one line for the report
+
+    @classmethod
+    def exact(cls, value: torch.Tensor, method: str) -> "Estimate":
+        return cls(value.detach().double(), torch.zeros_like(value, dtype=torch.float64), method)
+
+    @classmethod
+    def sample_mean(cls, samples: torch.Tensor, method: str) -> "Estimate":
+        """The mean over dim 0 of (S, N) independent per-point samples (an ELBO's log-weights)."""
+        samples = samples.detach().double()
+        s = samples.shape[0]
+        var = samples.var(0) / s if s > 1 else torch.full(samples.shape[1:], math.nan, dtype=torch.float64)
+        return cls(samples.mean(0), var, method)
+
+    @classmethod
+    def log_mean_exp(cls, log_weights: torch.Tensor, method: str) -> "Estimate":
+        """log of the mean over dim 0 of (S, N) importance weights (IWAE, IS, AIS over chains), with
+        the delta-method variance var(w / mean w) / S: the error of the log of a mean of weights."""
+        log_weights = log_weights.detach().double()
+        s = log_weights.shape[0]
+        lme = torch.logsumexp(log_weights, 0) - math.log(s)
+        ratio = (log_weights - lme).exp()  # w / mean(w), mean 1
+        var = ratio.var(0) / s if s > 1 else torch.full(lme.shape, math.nan, dtype=torch.float64)
+        return cls(lme, var, method)
+
+    def mean(self) -> float:
+        return self.value.double().mean().item()
+
+    def mc_se(self) -> float:
+        return mc_se(self.mc_var)
+
+    def point_se(self) -> float:
+        return point_se(self.value)
+
+
+@dataclass
+class GapOptions:
+    """What run/gap.py's flags ask of a model's own estimator (each may ignore what it cannot use)."""
+
+    elbo_samples: int = 1000  # samples per point for L[q] and L[q*] where they are Monte Carlo
+    iwae_k: int = 5000  # samples of the amortised guide for IWAE-K
+    is_k: int = 100000  # importance samples for log p(x) where it is estimated by sampling
+    local_steps: int = 3000  # maximum optimiser steps for q*
+    local_lr: float = 1e-2
+    local_particles: int = 10  # samples per step where q* is fitted by stochastic gradients
+    progress: bool = False
+
+
+@dataclass
+class GapEstimates:
+    log_px: Estimate
+    elbo_amortised: Estimate  # L[q]: the amortised guide
+    elbo_local: Estimate | None  # L[q*]: the best member of the same family per point (None: not computed)
+    iwae: Estimate | None = None  # the amortised guide's IWAE-K bound, when computed
+    details: dict = field(default_factory=dict)  # anything else for gap.json (settings, timings, diagnostics)
+
+
+def mc_se(mc_var: torch.Tensor) -> float:
+    """Monte Carlo standard error of the mean over points, from per-point variances."""
+    return (mc_var.double().sum().sqrt() / mc_var.numel()).item()
+
+
+def point_se(value: torch.Tensor) -> float:
+    """Standard error of the mean over points from their spread (the choice of the subset)."""
+    n = value.numel()
+    return (value.double().std() / math.sqrt(n)).item() if n > 1 else math.nan
+
+
+def summarise(estimates: GapEstimates) -> dict:
+    """Means, both standard errors and the gaps, as JSON-ready floats. The gaps are computed
+    from the same per-point values, so approximation + amortisation = log_px - elbo_amortised
+    holds exactly (up to float rounding)."""
+    out = {}
+    named = {"log_px": estimates.log_px, "elbo_amortised": estimates.elbo_amortised,
+             "elbo_local": estimates.elbo_local, "iwae": estimates.iwae}
+    for key, est in named.items():
+        if est is None:
+            out.update({key: None, f"{key}_mc_se": None, f"{key}_point_se": None, f"{key}_method": None})
+            continue
+        out.update({key: est.mean(), f"{key}_mc_se": est.mc_se(), f"{key}_point_se": est.point_se(),
+                    f"{key}_method": est.method})
+    p, a, loc = estimates.log_px, estimates.elbo_amortised, estimates.elbo_local
+    gaps = {"inference_gap": (p, a)}
+    if loc is not None:
+        gaps.update(approximation_gap=(p, loc), amortisation_gap=(loc, a))
+    else:
+        out.update(approximation_gap=None, amortisation_gap=None)
+    for key, (upper, lower) in gaps.items():
+        per_point = upper.value.double() - lower.value.double()
+        out.update({key: per_point.mean().item(), f"{key}_mc_se": mc_se(upper.mc_var + lower.mc_var),
+                    f"{key}_point_se": point_se(per_point)})
+    return out
