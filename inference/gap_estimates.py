@@ -18,6 +18,8 @@ from dataclasses import dataclass, field
 
 import torch
 
+from .importance import monte_carlo_variances
+
 
 @dataclass
 class Estimate:
@@ -32,21 +34,16 @@ class Estimate:
     @classmethod
     def sample_mean(cls, samples: torch.Tensor, method: str) -> "Estimate":
         """The mean over dim 0 of (S, N) independent per-point samples (an ELBO's log-weights)."""
-        samples = samples.detach().double()
-        s = samples.shape[0]
-        var = samples.var(0) / s if s > 1 else torch.full(samples.shape[1:], math.nan, dtype=torch.float64)
-        return cls(samples.mean(0), var, method)
+        var, _ = monte_carlo_variances(samples.detach())
+        return cls(samples.detach().double().mean(0), var, method)
 
     @classmethod
     def log_mean_exp(cls, log_weights: torch.Tensor, method: str) -> "Estimate":
         """log of the mean over dim 0 of (S, N) importance weights (IWAE, IS, AIS over chains), with
         the delta-method variance var(w / mean w) / S: the error of the log of a mean of weights."""
         log_weights = log_weights.detach().double()
-        s = log_weights.shape[0]
-        lme = torch.logsumexp(log_weights, 0) - math.log(s)
-        ratio = (log_weights - lme).exp()  # w / mean(w), mean 1
-        var = ratio.var(0) / s if s > 1 else torch.full(lme.shape, math.nan, dtype=torch.float64)
-        return cls(lme, var, method)
+        _, var = monte_carlo_variances(log_weights)
+        return cls(torch.logsumexp(log_weights, 0) - math.log(log_weights.shape[0]), var, method)
 
     def mean(self) -> float:
         return self.value.double().mean().item()

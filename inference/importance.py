@@ -23,6 +23,8 @@ class ImportanceResult:
     iwae: torch.Tensor  # log (1/K) sum_k w_k: the IWAE-K lower bound on log p(x)
     ess: torch.Tensor  # (sum w)^2 / sum w^2, between 1 and K
     num_particles: int
+    elbo_mc_var: torch.Tensor | None = None  # per point: var(log w) / K, the Monte Carlo variance of elbo
+    iwae_mc_var: torch.Tensor | None = None  # per point: var(w / mean w) / K, the delta-method variance of iwae
 
     def summary(self, prefix: str) -> dict:
         """Means over data points with their standard errors, as flat JSON-ready floats."""
@@ -42,6 +44,18 @@ def reduce_log_weights(lw: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, to
     lse = torch.logsumexp(lw, dim=0)
     ess = torch.exp(2 * lse - torch.logsumexp(2 * lw, dim=0))
     return lw.mean(0), lse - math.log(k), ess
+
+
+def monte_carlo_variances(lw: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(K, N) log-weights -> per-point variances of the ELBO and IWAE-K estimates given the point
+    (see inference.gap_estimates.Estimate)."""
+    k = lw.shape[0]
+    if k < 2:
+        nan = torch.full(lw.shape[1:], float("nan"), dtype=torch.float64)
+        return nan, nan.clone()
+    lw = lw.double()
+    ratio = (lw - torch.logsumexp(lw, 0) + math.log(k)).exp()
+    return lw.var(0) / k, ratio.var(0) / k
 
 
 @torch.no_grad()
@@ -70,6 +84,8 @@ def evaluate_importance(
             k = min(particle_chunk, num_particles - done)
             with pyro.validation_enabled(not results and not chunks):  # check the first pass only
                 chunks.append(log_weights(model, guide, k, max_plate_nesting, **batch))
-        results.append(reduce_log_weights(torch.cat(chunks)))
-    elbo, iwae, ess = (torch.cat(parts) for parts in zip(*results))
-    return ImportanceResult(elbo=elbo, iwae=iwae, ess=ess, num_particles=num_particles)
+        lw = torch.cat(chunks)
+        results.append((*reduce_log_weights(lw), *monte_carlo_variances(lw)))
+    elbo, iwae, ess, elbo_var, iwae_var = (torch.cat(parts) for parts in zip(*results))
+    return ImportanceResult(elbo=elbo, iwae=iwae, ess=ess, num_particles=num_particles,
+                            elbo_mc_var=elbo_var, iwae_mc_var=iwae_var)
