@@ -34,6 +34,7 @@ from pyro_models.lfm import LatentFactorModel, LFMConfig, bernoulli_kl, sequence
 from . import plots
 from .base import Built, Experiment, TrainDefaults, setting
 from .data.sigmorphon import BucketedBatches, Words, load_sigmorphon
+from .lfm_gap import lfm_gap_estimates
 
 
 @dataclass
@@ -289,6 +290,18 @@ class LFMExperiment(Experiment):
         summary["num_importance_samples"] = s
         (Path(out_dir) / "samples.txt").write_text(qualitative(model, guide, self.data, idx is None))
         return summary
+
+    def evaluation_points(self, data, num_points: int, split: str = "train") -> dict:
+        """The first ``num_points`` words of a split (the experiment's current data: ``build`` may
+        have re-read it with another --max-word-length), padded to their own longest word."""
+        if split not in ("train", "dev", "test"):
+            raise ValueError(f"unknown split {split!r}; choose from: train, dev, test")
+        words = getattr(getattr(self, "data", data), split)
+        return words.batch(torch.arange(min(num_points, len(words))))
+
+    def gap_estimates(self, built, points, options):
+        """log p(x), L[q] and L[q*] exactly, by enumerating the 2^K codes (experiments/lfm_gap.py)."""
+        return lfm_gap_estimates(built, points, options)
 
     def plot(self, built, data, out_dir):
         metrics = Path(out_dir) / "metrics.csv"
