@@ -25,6 +25,7 @@ from pyro.infer import Trace_ELBO, TraceMeanField_ELBO
 from tqdm.auto import tqdm
 
 from inference import ElboObjective
+from inference.gap_estimates import GapEstimates, GapOptions
 from inference.metrics_log import read_metrics
 from pyro_models.compile import (CompILE, CompILEConfig, boundary_counts, f1_score, reconstruct,
                                  reconstruction_accuracy)
@@ -32,6 +33,7 @@ from pyro_models.compile_guide import CompILEGuide
 
 from . import plots
 from .base import Built, Experiment, TrainDefaults, setting
+from .compile_gap import compile_gap_estimates
 from .data.compile_sequences import SequenceSpec, heldout_batch, training_batches
 
 TARGET_ACCURACY = 0.99
@@ -50,15 +52,22 @@ class CompILESettings:
 
 
 class ToySequences:
-    """Generated data: the generator's settings come from the model config (``configure``)."""
+    """Generated data: the generator's settings come from the model config (``configure``), the
+    held-out batch's size from the settings; ``train_seed``/``train_batch_size`` are the run's once
+    ``CompILEExperiment.batches`` was called (else seed 0 and the default batch size)."""
 
     def __init__(self):
         self.spec = None
         self._heldout = {}
+        self.eval_batch_size = CompILESettings().eval_batch_size
+        self.train_seed = 0
+        self.train_batch_size = None
 
-    def configure(self, config: CompILEConfig) -> None:
+    def configure(self, config: CompILEConfig, eval_batch_size: int | None = None) -> None:
         self.spec = SequenceSpec(config.num_symbols, config.num_segments, config.max_segment_length)
         self._heldout = {}
+        if eval_batch_size is not None:
+            self.eval_batch_size = eval_batch_size
 
     def heldout(self, size: int):
         if size not in self._heldout:
@@ -115,13 +124,14 @@ class CompILEExperiment(Experiment):
     def build(self, config, settings, data, guide, local):
         if settings.threads > 0:
             torch.set_num_threads(settings.threads)
-        data.configure(config)
+        data.configure(config, settings.eval_batch_size)
         model, q = CompILE(config), CompILEGuide(config)
         elbo = TraceMeanField_ELBO() if settings.kl == "analytic" else Trace_ELBO()
         objective = ElboObjective(elbo, model.model, q.guide)
         return Built(model=model, guide=q, objective=objective, modules={"model": model, "guide": q})
 
     def batches(self, data, batch_size, seed):
+        data.train_seed, data.train_batch_size = seed, batch_size
         return training_batches(data.spec, batch_size, seed)
 
     def steps_per_epoch(self, data, batch_size):
@@ -164,6 +174,33 @@ class CompILEExperiment(Experiment):
             "latent_dist": built.model.config.latent_dist,
             "kl": settings.kl,
         }
+
+    def evaluation_points(self, data, num_points: int, split: str = "train") -> dict:
+        """The sequences of a gap report, deterministically. ``test``: the first ``num_points`` of the
+        held-out batch the metrics use (a held-out batch of ``num_points`` from the same stream if
+        that is larger). ``train``: the first ``num_points`` sequences the run trained on, from step
+        0 on (the run's seed and batch size when ``batches`` was called, else seed 0 and the
+        default batch size; the toy task has only 3840 distinct sequences, so most held-out ones
+        were also seen in training)."""
+        if split == "test":
+            batch = data.heldout(max(num_points, data.eval_batch_size))
+            return {"tokens": batch.tokens[:num_points], "lengths": batch.lengths[:num_points]}
+        if split != "train":
+            raise ValueError(f"unknown split {split!r}; choose from: train, test")
+        batch_size = data.train_batch_size or self.train_defaults(self.default_dataset).batch_size
+        batch_for_step = training_batches(data.spec, batch_size, data.train_seed)
+        tokens, lengths, step = [], [], 0
+        while sum(len(x) for x in lengths) < num_points:
+            batch = batch_for_step(step)
+            tokens.append(batch["tokens"])
+            lengths.append(batch["lengths"])
+            step += 1
+        return {"tokens": torch.cat(tokens)[:num_points], "lengths": torch.cat(lengths)[:num_points]}
+
+    def gap_estimates(self, built, points: dict, options: GapOptions) -> GapEstimates:
+        """log p(x), L[q], L[q*] of the discrete model (``relaxed=False``), exact sums over the
+        boundary configurations (experiments/compile_gap.py)."""
+        return compile_gap_estimates(built.model, built.guide, points["tokens"], points["lengths"], options)
 
     def plot(self, built, data, out_dir):
         metrics = out_dir / "metrics.csv"
