@@ -58,6 +58,9 @@ def load_run(path, data_dir=None) -> LoadedRun:
     data = experiment.load_data(run["dataset"], DataDir(data_dir if data_dir is not None else run["data_dir"]))
     pyro.clear_param_store()
     built = experiment.build(model_config, settings, data, run["guide"], run["local"])
+    # The data pipeline as the run had it: some experiments remember the run's batch size and seed
+    # (CompILE's training points for a gap report, CPC's evaluation batches).
+    experiment.batches(data, config["train"]["batch_size"], run["seed"])
     state = load_checkpoint(path / "checkpoint.pt")
     restore_modules(state, built.modules)
     for module in built.modules.values():
