@@ -8,6 +8,8 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 
+from .gap import with_se
+
 COLUMNS = ("log_px", "elbo_local", "elbo_amortised", "approximation_gap", "amortisation_gap")
 
 
@@ -37,12 +39,6 @@ def _v(row, key):
     return "-" if value is None else f"{value:.2f}"
 
 
-def _gap(row, key):
-    if row.get(key) is None:
-        return "-"
-    return f"{row[key]:.2f} ± {row[key + '_mc_se']:.2f} ({row[key + '_point_se']:.2f})"
-
-
 def _method(text: str) -> str:
     for short in ("AIS", "enumeration", "exact", "importance sampling"):
         if short.lower() in text.lower():
@@ -58,7 +54,7 @@ def table(rows: list[dict]) -> str:
         compute = "-" if r["gap_s"] is None else f"{r['train_s'] or 0:.0f} + {r['gap_s']:.0f}"
         lines.append(f"| {r['label']} | {r['dataset']} | {r['split']} | {r['num_points']} | {r['train_steps']} | "
                      f"{_method(r['log_px_method'])} | {_v(r, 'log_px')} | {_v(r, 'elbo_local')} | "
-                     f"{_v(r, 'elbo_amortised')} | {_gap(r, 'approximation_gap')} | {_gap(r, 'amortisation_gap')} | "
+                     f"{_v(r, 'elbo_amortised')} | {with_se(r, 'approximation_gap', spread=True)} | {with_se(r, 'amortisation_gap', spread=True)} | "
                      f"{compute} |")
     return "\n".join(lines)
 

@@ -106,10 +106,12 @@ def _f(value, digits=2):
     return "-" if value is None else f"{value:.{digits}f}"
 
 
-def _with_se(report, key):
+def with_se(report: dict, key: str, spread: bool = False) -> str:
+    """"value ± Monte Carlo s.e." (and "(spread s.e.)" with ``spread``), or "-" when not computed."""
     if report.get(key) is None:
         return "-"
-    return f"{report[key]:.2f} ± {report[f'{key}_mc_se']:.2f}"
+    text = f"{report[key]:.2f} ± {report[f'{key}_mc_se']:.2f}"
+    return f"{text} ({report[f'{key}_point_se']:.2f})" if spread else text
 
 
 def markdown(report: dict) -> str:
@@ -121,7 +123,7 @@ def markdown(report: dict) -> str:
         "",
         "| guide | log p(x) | IWAE-K | L[q*] | L[q] | approximation gap | amortisation gap |",
         "|---|---|---|---|---|---|---|",
-        f"| {r['guide']} | " + " | ".join(_with_se(r, key) for key in cols) + " |",
+        f"| {r['guide']} | " + " | ".join(with_se(r, key) for key in cols) + " |",
         "",
         ("Means over the points ± Monte Carlo standard error given the points. Spread over points "
          f"(standard error of the subset mean): approximation gap {_f(r.get('approximation_gap_point_se'))}, "
