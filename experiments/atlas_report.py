@@ -40,9 +40,11 @@ def _v(row, key):
 
 
 def _method(text: str) -> str:
-    for short in ("AIS", "enumeration", "exact", "importance sampling"):
+    """A short name for the table; the gap reports hold the whole description."""
+    for short, label in (("AIS", "AIS"), ("enumeration", "enumeration"), ("importance sampling", "sum over b, IS over z"),
+                         ("exact", "exact sum")):
         if short.lower() in text.lower():
-            return short
+            return label
     return text.split(":")[0]
 
 
@@ -94,12 +96,18 @@ def figure(rows: list[dict], path: Path) -> Path:
     return path
 
 
-def write_report(out: Path, entries, wall_s: float, tiny: bool = False) -> list[Path]:
+def write_report(out: Path, entries, invocation: dict | None, tiny: bool = False) -> list[Path]:
+    """``invocation``: this run's wall time and settings, appended to the history in atlas.json
+    (None for --report-only)."""
     rows = collect(out, entries)
     total = sum((r["gap_s"] or 0) for r in rows) + sum(
         {r["entry"]: r["train_s"] or 0 for r in rows}.values())
-    (out / "atlas.json").write_text(json.dumps({"rows": rows, "wall_s_this_invocation": round(wall_s, 1),
-                                                "stage_seconds_total": round(total, 1), "tiny": tiny}, indent=2) + "\n")
+    path = out / "atlas.json"
+    invocations = json.loads(path.read_text()).get("invocations", []) if path.exists() else []
+    if invocation is not None:
+        invocations.append(invocation)
+    path.write_text(json.dumps({"rows": rows, "stage_seconds_total": round(total, 1), "invocations": invocations,
+                                "tiny": tiny}, indent=2) + "\n")
     note = ("Means over the subset's points; ± the Monte Carlo standard error given the points; in brackets the "
             "standard error from the spread over points. Compute: wall seconds of the training run and of this "
             f"split's gap report (one thread each). Sum of all stages: {total:.0f} s.")

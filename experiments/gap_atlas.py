@@ -127,7 +127,9 @@ def main(argv=None) -> int:
                 list(pool.map(stages.entry, entries))
         except KeyboardInterrupt:
             stages.interrupted = True
-    files = write_report(out, entries, wall_s=time.perf_counter() - started, tiny=args.tiny)
+    invocation = None if args.report_only else {
+        "entries": [e.name for e in entries], "jobs": args.jobs, "wall_s": round(time.perf_counter() - started, 1)}
+    files = write_report(out, entries, invocation, tiny=args.tiny)
     print(f"[atlas] wrote {', '.join(str(f) for f in files)}")
     if stages.interrupted:
         print("run/gap_atlas.py: interrupted; run the same command again to continue", file=sys.stderr)
