@@ -24,6 +24,11 @@ class AtlasEntry:
         return "-".join(part for part in (self.model, self.variant, guide) if part)
 
     @property
+    def bar_label(self) -> str:
+        """What tells this entry apart within its model's panel of the figure."""
+        return self.variant or self.guide
+
+    @property
     def label(self) -> str:
         return f"{self.model}{f' ({self.variant})' if self.variant else ''} / {self.guide}"
 

@@ -23,7 +23,7 @@ def collect(out: Path, entries) -> list[dict]:
             if not path.exists():
                 continue
             report = json.loads(path.read_text())
-            row = {"entry": entry.name, "label": entry.label, "model": entry.model, "guide": entry.guide,
+            row = {"entry": entry.name, "label": entry.label, "bar_label": entry.bar_label, "model": entry.model, "guide": entry.guide,
                    "dataset": entry.dataset, "split": split, "num_points": report["num_points"],
                    "train_steps": report["train_steps"], "log_px_method": report["log_px_method"],
                    "train_s": timings.get("train"), "gap_s": timings.get(f"gap-{split}")}
@@ -68,10 +68,8 @@ def figure(rows: list[dict], path: Path) -> Path:
     fig, axes = plt.subplots(1, max(len(models), 1), figsize=(3.2 * max(len(models), 1), 3.6), squeeze=False)
     for ax, model in zip(axes[0], models):
         mine = [r for r in rows if r["model"] == model and r["approximation_gap"] is not None]
-        labels = list(dict.fromkeys(r["label"].split(" / ", 1)[-1] if "(" not in r["label"] else
-                                    r["label"].split("(")[1].split(")")[0] for r in mine))
-        entries = list(dict.fromkeys(r["entry"] for r in mine))
-        for i, entry in enumerate(entries):
+        entries = list(dict.fromkeys((r["entry"], r["bar_label"]) for r in mine))
+        for i, (entry, _) in enumerate(entries):
             for j, split in enumerate(("train", "test")):
                 match = [r for r in mine if r["entry"] == entry and r["split"] == split]
                 if not match:
@@ -81,7 +79,7 @@ def figure(rows: list[dict], path: Path) -> Path:
                 ax.bar(x, r["approximation_gap"], 0.36, color="tab:blue", hatch=hatch, edgecolor="white")
                 ax.bar(x, r["amortisation_gap"], 0.36, bottom=r["approximation_gap"], color="tab:orange",
                        hatch=hatch, edgecolor="white", yerr=r["inference_gap_point_se"], capsize=2)
-        ax.set_xticks(range(len(entries)), labels, rotation=30, fontsize=8)
+        ax.set_xticks(range(len(entries)), [label for _, label in entries], rotation=30, fontsize=8)
         ax.set_title(f"{model} ({mine[0]['dataset']})" if mine else model, fontsize=9)
         ax.axhline(0, color="black", linewidth=0.5)
     axes[0][0].set_ylabel("nats per data point")
