@@ -30,6 +30,9 @@ def collect(out: Path, entries) -> list[dict]:
             for key in (*COLUMNS, "iwae", "inference_gap"):
                 for suffix in ("", "_mc_se", "_point_se"):
                     row[key + suffix] = report.get(key + suffix)
+            row["converged"] = report.get("converged")
+            row["checks_not_passed"] = sorted(name for name, check in report.get("checks", {}).items()
+                                              if check["status"] in ("fail", "inconclusive", "not run"))
             rows.append(row)
     return rows
 
@@ -48,16 +51,22 @@ def _method(text: str) -> str:
     return text.split(":")[0]
 
 
+def checks_cell(row: dict) -> str:
+    """The report's own verdict (inference/gap_checks.py) and what did not pass."""
+    verdict = {True: "ok", False: "NOT CONVERGED", None: "unchecked"}[row.get("converged")]
+    return verdict + (f": {', '.join(row['checks_not_passed'])}" if row.get("checks_not_passed") else "")
+
+
 def table(rows: list[dict]) -> str:
     lines = [("| model / guide | data | split | N | train steps | log p(x) by | log p(x) | L[q*] | L[q] | "
-              "approximation gap | amortisation gap | compute (train + gap, s) |"),
-             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+              "approximation gap | amortisation gap | checks | compute (train + gap, s) |"),
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         compute = "-" if r["gap_s"] is None else f"{r['train_s'] or 0:.0f} + {r['gap_s']:.0f}"
         lines.append(f"| {r['label']} | {r['dataset']} | {r['split']} | {r['num_points']} | {r['train_steps']} | "
                      f"{_method(r['log_px_method'])} | {_v(r, 'log_px')} | {_v(r, 'elbo_local')} | "
-                     f"{_v(r, 'elbo_amortised')} | {with_se(r, 'approximation_gap', spread=True)} | {with_se(r, 'amortisation_gap', spread=True)} | "
-                     f"{compute} |")
+                     f"{_v(r, 'elbo_amortised')} | {with_se(r, 'approximation_gap', spread=True)} | "
+                     f"{with_se(r, 'amortisation_gap', spread=True)} | {checks_cell(r)} | {compute} |")
     return "\n".join(lines)
 
 

@@ -398,6 +398,7 @@ def compile_gap_estimates(model: CompILE, guide: CompILEGuide, tokens: torch.Ten
     num = len(segments.sequence)
     nonempty = ~segments.empty
     settings = {}
+    at_limit = 0  # sequences whose q* stopped on the step limit (the concrete q* is exact)
 
     if cfg.latent_dist == "concrete":
         t = time.perf_counter()
@@ -429,6 +430,7 @@ def compile_gap_estimates(model: CompILE, guide: CompILEGuide, tokens: torch.Ten
         fit_loc, fit_log_scale, steps = fit_local_gaussians(
             model, loc[nonempty], log_scale[nonempty], segments.counts[nonempty], segments.sequence[nonempty], options)
         star_loc[nonempty], star_log_scale[nonempty] = fit_loc, fit_log_scale
+        at_limit = batch if steps >= options.local_steps else 0  # one stopping rule for all sequences
         seg_star, seg_star_var = gaussian_elbo(model, star_loc, star_log_scale, segments.counts, options.elbo_samples)
         elbo_local, elbo_local_var, _ = delta_method(log_sum, seg_star, seg_star_var, segments, batch)
         timings["local_s"] = time.perf_counter() - t
@@ -487,4 +489,4 @@ def compile_gap_estimates(model: CompILE, guide: CompILEGuide, tokens: torch.Ten
         "wall_s": round(time.perf_counter() - started, 2),
     }
     return GapEstimates(log_px=log_px_est, elbo_amortised=elbo_q_est, elbo_local=elbo_local_est, iwae=None,
-                        details=details)
+                        details=details, local_at_limit=at_limit, local_max_steps=options.local_steps)

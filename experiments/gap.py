@@ -4,19 +4,23 @@
     log p(x) - L[q] = (log p(x) - L[q*]) + (L[q*] - L[q])
                       approximation gap    amortisation gap
 
-Continuous latents (vae, mfcvae, linear_gaussian): log p(x) by AIS, bracketed by BDMC on data
-simulated from the model; L[q] and the IWAE-K bound from the amortised guide; L[q*] from a local
-guide of the same family optimised per data point (experiments/gap_continuous.py). A model with
-discrete latents brings its own estimator (``Experiment.gap_estimates``: the LFM enumerates its
-2^K codes; CompILE scores its discrete model, exact in the boundaries). Every figure comes with
-its Monte Carlo standard error given the points and the spread over points
-(inference/gap_estimates.py). Writes gap.json and gap.md.
+Continuous latents (vae, mfcvae, linear_gaussian): log p(x) by AIS, checked by AIS with twice
+the steps and by BDMC on data simulated from the model; L[q] and the IWAE-K bound from the
+amortised guide; L[q*] from a local guide of the same family optimised per data point
+(inference/gap_report.py, which a user can call on their own model). A model with discrete
+latents brings its own estimator (``Experiment.gap_estimates``: the LFM enumerates its 2^K codes;
+CompILE scores its discrete model, exact in the boundaries). Every figure comes with its Monte
+Carlo standard error given the points and the spread over points (inference/gap_estimates.py).
+The report checks itself (inference/gap_checks.py): each check that fails prints one line on
+stderr, and gap.json says ``"converged": false`` while keeping the numbers. Writes gap.json and
+gap.md.
 
-Exit status: 0 success; 2 the report does not apply to this run or a flag is bad (one line
-says why); 1 a failure at run time.
+Exit status: 0 success (also when a check failed: the report says so); 2 the report does not
+apply to this run or a flag is bad (one line says why); 1 a failure at run time.
 """
 import argparse
 import json
+import os
 import sys
 import time
 from pathlib import Path
@@ -25,9 +29,11 @@ import pyro
 import torch
 
 from guides import GUIDE_FAMILIES
-from inference.gap_estimates import GapOptions, summarise
+from inference.gap_checks import NOT_APPLICABLE, check_lines
+from inference.gap_estimates import GapOptions
+from inference.gap_report import assemble
 
-from .gap_continuous import NotApplicable, continuous_estimates
+from .gap_continuous import NotApplicable, continuous_run_estimates
 from .run_dir import load_run
 
 
@@ -45,8 +51,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--ais-schedule", choices=["sigmoid", "linear"], default="sigmoid")
     p.add_argument("--bdmc-points", type=int, default=100,
                    help="points simulated from the model for the BDMC bracket (0: skip; default: 100)")
-    p.add_argument("--convergence-points", type=int, default=0,
-                   help="re-run AIS with 2x the steps on this many points and report the change (default: 0)")
+    p.add_argument("--convergence-points", type=int, default=25,
+                   help="re-run AIS with 2x the steps on this many points and check the change (0: skip; default: 25)")
+    p.add_argument("--check-tolerance", type=float, default=0.1,
+                   help="nats the doubled AIS may move and the BDMC bracket may leave (default: 0.1)")
     p.add_argument("--iwae-k", type=int, default=5000, help="samples of the amortised guide for IWAE-K (default: 5000)")
     p.add_argument("--elbo-samples", type=int, default=1000,
                    help="samples per point for the ELBOs of q and q* (default: 1000)")
@@ -87,16 +95,15 @@ def gap_report(args) -> dict:
                              local_particles=args.local_particles, progress=args.progress)
         estimates = experiment.gap_estimates(built, points, options)
     else:
-        estimates = continuous_estimates(args, run, points)
+        estimates = continuous_run_estimates(args, run, points)
     report = {"model": experiment.name, "dataset": run.config["run"]["dataset"], "guide": run_guide,
               "local_guide": run_guide, "split": args.split, "num_points": n,
               "checkpoint": str(args.checkpoint), "train_steps": run.step}
-    report.update(estimates.details)
-    report.update(summarise(estimates))
-    report["log_px_upper"] = report.get("bdmc", {}).get("log_px_upper")
-    exact = experiment.exact_metrics(built.model, points["x"], "exact") if hasattr(experiment, "exact_metrics") else {}
-    if exact.get("exact_log_px_exact") is not None:  # the linear-Gaussian model: log p(x) in closed form
-        report["log_px_exact"] = exact["exact_log_px_exact"]
+    exact = None
+    if hasattr(built.model, "log_marginal"):  # the linear-Gaussian model: log p(x) in closed form
+        with torch.no_grad():
+            exact = built.model.log_marginal(points["x"])
+    report.update(assemble(estimates, args.check_tolerance, exact))
     report["settings"] = {k: v for k, v in vars(args).items() if k not in ("progress", "traceback")}
     report["wall_s"] = round(time.perf_counter() - started, 1)
     return report
@@ -134,14 +141,15 @@ def markdown(report: dict) -> str:
         if r.get(f"{key}_method"):
             lines.append(f"- {label}: {r[f'{key}_method']}." + (
                 f" Exact: {r['log_px_exact']:.2f}." if key == "log_px" and "log_px_exact" in r else ""))
-    if "bdmc" in r:
-        b = r["bdmc"]
-        lines.append(f"- BDMC on {b['points']} points simulated from the model: lower {b['log_px_lower']:.2f}, "
-                     f"upper {b['log_px_upper']:.2f}, gap {b['gap']:.2f} nats.")
+    if "bdmc_simulated" in r:
+        b = r["bdmc_simulated"]
+        lines.append(f"- BDMC on {b['points']} points simulated from the model (not the points above): "
+                     f"{b['simulated_log_px_lower']:.2f} .. {b['simulated_log_px_upper']:.2f}, a bracket of "
+                     f"{b['width']:.3f} ± {b['width_mc_se']:.3f} nats.")
     if "ais_convergence" in r:
         c = r["ais_convergence"]
         lines.append(f"- AIS with {c['steps_x2']} instead of {c['steps']} steps on {c['points']} points moves the "
-                     f"estimate by {c['change']:+.3f} nats.")
+                     f"estimate by {c['change']:+.3f} ± {c['change_mc_se']:.3f} nats.")
     if "decoder_gflops_per_s" in r.get("ais", {}):
         a = r["ais"]
         lines.append(f"- AIS throughput: {a['leapfrog_chain_points_per_s']:.0f} leapfrog steps x chains x points / s, "
@@ -150,7 +158,18 @@ def markdown(report: dict) -> str:
     timings = r.get("timings_s", {})
     lines.append(f"- wall time {r['wall_s']:.0f} s" + (
         f" ({', '.join(f'{k} {v}' for k, v in timings.items())})." if timings else "."))
+    lines += ["", checks_markdown(r)]
     return "\n".join(lines) + "\n"
+
+
+def checks_markdown(report: dict) -> str:
+    verdict = {True: "**converged**: every check passed", False: "**NOT CONVERGED**: a check failed",
+               None: "**convergence unknown**: log p(x)'s convergence was not checked"}[report["converged"]]
+    lines = [f"Checks: {verdict}.", ""]
+    for name, check in report["checks"].items():
+        if check["status"] != NOT_APPLICABLE:
+            lines.append(f"- `{name}`: {check['status']}" + (f": {check['message']}" if check["message"] else ""))
+    return "\n".join(lines)
 
 
 def main(argv=None) -> int:
@@ -162,6 +181,11 @@ def main(argv=None) -> int:
                  "local_steps", "local_particles"):
         if getattr(args, name) <= 0:
             parser.error(f"--{name.replace('_', '-')} must be positive, got {getattr(args, name)}")
+    out = Path(args.out or args.checkpoint)
+    unwritable = unwritable_reason(out)
+    if unwritable:
+        print(f"run/gap.py: error: cannot write the report to {out}: {unwritable}", file=sys.stderr)
+        return 2
     try:
         report = gap_report(args)
     except NotApplicable as why:
@@ -177,10 +201,21 @@ def main(argv=None) -> int:
             raise
         print(f"run/gap.py: error: {error}", file=sys.stderr)
         return 1
-    out = Path(args.out or args.checkpoint)
     out.mkdir(parents=True, exist_ok=True)
     (out / "gap.json").write_text(json.dumps(report, indent=2) + "\n")
     (out / "gap.md").write_text(markdown(report))
     print(markdown(report))
     print(f"wrote {out}/gap.json and gap.md")
+    for line in check_lines(report["checks"]):
+        print(f"run/gap.py: {line}", file=sys.stderr)
     return 0
+
+
+def unwritable_reason(out: Path) -> str | None:
+    """Why gap.json could not be written into ``out`` (checked before hours of computing)."""
+    existing = next((p for p in (out, *out.parents) if p.exists()), None)
+    if existing is not None and not existing.is_dir():
+        return f"{existing} is a file, not a directory"
+    if existing is not None and not os.access(existing, os.W_OK):
+        return f"{existing} is not writable"
+    return None

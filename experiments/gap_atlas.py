@@ -37,6 +37,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--jobs", type=int, default=2, help="entries run at once, one thread each (default: 2)")
     p.add_argument("--tiny", action="store_true", help="tiny budgets that only check the plumbing (tests)")
     p.add_argument("--report-only", action="store_true", help="rebuild atlas.md/png/json from the gap reports there")
+    p.add_argument("--train-only", action="store_true",
+                   help="train (or continue) the entries' runs and stop before their gap reports")
     p.add_argument("--seed", type=int, default=0)
     return p
 
@@ -96,6 +98,8 @@ class Stages:
                 command.append("--resume")
             if self.interrupted or not self._run(entry, "train", command):
                 return
+        if self.args.train_only:
+            return
         gap = entry.tiny_gap_args if self.args.tiny else entry.gap_args
         for split in SPLITS:
             gap_dir = self.out / entry.name / f"gap-{split}"
@@ -112,6 +116,8 @@ def main(argv=None) -> int:
     args = parser.parse_args(sys.argv[1:] if argv is None else argv)
     if args.jobs < 1:
         parser.error(f"--jobs must be positive, got {args.jobs}")
+    if args.train_only and args.report_only:
+        parser.error("--train-only and --report-only exclude each other")
     try:
         entries = select(args.only)
     except ValueError as error:

@@ -112,4 +112,5 @@ def lfm_gap_estimates(built, points: dict, options: GapOptions) -> GapEstimates:
         elbo_amortised=Estimate.exact(out["elbo"], f"{where}, E_q[log p(x, z) - log q(z | x)] at the encoder's logits"),
         elbo_local=Estimate.exact(out["elbo_local"], f"{where}; q*: a local optimum of the exact ELBO over "
                                                      f"per-point logits (L-BFGS from the encoder's)"),
-        iwae=None, details=details)
+        iwae=None, details=details, local_at_limit=details["enumeration"]["local_not_converged"],
+        local_max_steps=options.local_steps)

@@ -5,8 +5,17 @@ The path of distributions is pi_t(z) ∝ p(z) p(x | z)^beta_t, beta from 0 to 1 
 sigmoid schedule). log p(z) and log p(x | z) come from the model's own trace: the model is run
 under ``poutine.condition`` on the latent values, inside a ``particles`` plate that holds the
 chains, and its sites are split into latent (prior) and observed (likelihood). Everything is
-vectorised over chains x data points; each chain has its own step size, adapted towards an
-acceptance probability of 0.65.
+vectorised over chains x data points.
+
+Step sizes. AIS is a stochastic lower bound (E[w] = p(x)) only if the transition at step t
+leaves pi_t invariant, which an HMC kernel does only with a step size that does not depend on
+the chain's own state. So a short pilot run on separate chains (``tune_step_sizes``) fixes a
+schedule of step sizes per annealing step and data point, tuned towards an acceptance of 0.8;
+the real chains then run with that schedule frozen, and BDMC's reverse chains reuse it. Each
+transition multiplies the step size by a random factor drawn independently of the chain
+(``step_jitter``), which keeps the kernel invariant and breaks the resonances of a fixed step
+size: on a 10-d probabilistic PCA (200 steps) it cut the variance of log w from about 9 to 1.8,
+on the binarised-MNIST VAE (500 steps, 10 points) from 4.5 (the old per-chain adaptation) to 1.3.
 
 - Forward AIS from the prior: log w = sum_t (beta_t - beta_{t-1}) log p(x | z_{t-1}); per point,
   log p(x) ≈ logmeanexp over chains of log w, a stochastic lower bound (E[w] = p(x)).
@@ -25,7 +34,12 @@ from pyro.distributions import constraints
 from pyro.poutine.util import site_is_subsample
 from tqdm.auto import tqdm
 
+from .gap_estimates import mc_se
+from .importance import monte_carlo_variances
 from .log_weights import DATA_PLATE, _sum_sites
+
+
+TUNE_WARMUP = 20  # pilot transitions at beta = 0 before the pilot anneals
 
 
 @dataclass
@@ -34,20 +48,37 @@ class AISSettings:
     num_chains: int = 16  # independent chains per data point (the paper: 100)
     leapfrog_steps: int = 10  # per HMC transition
     schedule: str = "sigmoid"  # "linear" or "sigmoid" (Grosse et al. 2015, delta = 4)
-    initial_step_size: float = 0.05
-    target_accept: float = 0.65
-    adapt_factor: float = 1.02  # step size x this after a transition with acceptance > target, / otherwise
+    initial_step_size: float = 0.05  # where the pilot chains start
+    target_accept: float = 0.8  # what the pilot chains tune the step size towards
+    step_jitter: float = 0.5  # each transition's step size x Uniform(1 - jitter, 1 + jitter), per chain
+    tune_chains: int = 4  # pilot chains per data point: they set the step sizes, then are discarded
+    tune_steps: int = 200  # annealing steps of the pilot run (at most num_steps)
+    tune_rate: float = 0.5  # log step size += rate x (acceptance - target) per pilot transition
     max_rows: int = 16384  # chains x points per pass (bounds memory)
+
+    def check(self) -> None:
+        for name in ("num_steps", "num_chains", "leapfrog_steps", "tune_chains", "tune_steps", "max_rows"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"AIS {name} must be at least 1, got {getattr(self, name)}")
+        if not (self.initial_step_size > 0 and math.isfinite(self.initial_step_size)):
+            raise ValueError(f"AIS initial_step_size must be positive and finite, got {self.initial_step_size}")
+        if not 0 < self.target_accept < 1:
+            raise ValueError(f"AIS target_accept must be in (0, 1), got {self.target_accept}")
+        if not 0 <= self.step_jitter < 1:
+            raise ValueError(f"AIS step_jitter must be in [0, 1), got {self.step_jitter}")
 
 
 @dataclass
 class AISResult:
     log_px: torch.Tensor  # (points,): logmeanexp over chains of the log-weights
     log_weights: torch.Tensor  # (chains, points); reverse: log-weights of 1 / p(x)
+    step_sizes: torch.Tensor  # (num_steps + 1, points): the frozen HMC step size at each beta_t
     accept_rate: float  # mean over transitions, chains and points
-    step_size: float  # mean final step size
+    step_size: float  # mean step size over transitions and points
     wall_s: float
-    row_evals: int  # (chain, point) gradient evaluations: leapfrog steps x chains x points
+    row_evals: int  # (chain, point) gradient evaluations of the run: leapfrog steps x chains x points
+    tune_row_evals: int  # the same for the pilot chains (0 when the step sizes were given)
+    tune_s: float  # wall time of the pilot run
     direction: str
 
 
@@ -171,62 +202,148 @@ def _hmc(log_joint, state: _State, beta: float, step_size: torch.Tensor, leapfro
     return new.select(accept, state), log_accept.exp()
 
 
-def _run_chunk(log_joint: LogJoint, betas, settings: AISSettings, start_z, reverse: bool, bar):
+def jittered(step_size: torch.Tensor, jitter: float) -> torch.Tensor:
+    """Each chain's step size times an independent Uniform(1 - jitter, 1 + jitter) draw: a random
+    step size avoids the near-periodic trajectories a fixed one can follow on a Gaussian-like
+    target (Neal 2011, section 5.4.2), and, drawn independently of the chain's state, keeps each
+    kernel pi_t-invariant."""
+    if jitter == 0:
+        return step_size
+    return step_size * (1 + jitter * (2 * torch.rand_like(step_size) - 1))
+
+
+def _anneal(log_joint: LogJoint, betas: list, step_sizes: torch.Tensor, leapfrog_steps: int, jitter: float,
+            start_z, reverse: bool, bar):
+    """One AIS pass of every chain with the given step sizes (num_steps + 1, points): the
+    transition at beta_t is a fixed HMC kernel, so it leaves pi_t invariant and E[w] = p(x)."""
     c, b = log_joint.num_chains, log_joint.num_points
     state = _State(log_joint, start_z)
-    step_size = torch.full((c, b), settings.initial_step_size)
     log_w = torch.zeros(c, b, dtype=torch.float64)
     accept_sum, transitions = 0.0, 0
     order = range(len(betas) - 1, 0, -1) if reverse else range(1, len(betas))
     for t in order:
         log_w += (betas[t] - betas[t - 1]) * state.ll.double()
-        target = betas[t - 1] if reverse else betas[t]
+        target = t - 1 if reverse else t
         if (reverse and t > 1) or (not reverse and t < len(betas) - 1):  # the last kernel changes no weight
-            state, accept_prob = _hmc(log_joint, state, float(target), step_size, settings.leapfrog_steps)
-            up = accept_prob > settings.target_accept
-            step_size = torch.where(up, step_size * settings.adapt_factor, step_size / settings.adapt_factor)
+            eps = jittered(step_sizes[target].expand(c, b), jitter)
+            state, accept_prob = _hmc(log_joint, state, float(betas[target]), eps, leapfrog_steps)
             accept_sum += accept_prob.mean().item()
             transitions += 1
         bar.update(1)
     if reverse:
         log_w = -log_w  # E[exp(-sum)] = 1 / p(x): the upper bound is -logmeanexp(-sum)
-    return log_w, accept_sum / max(transitions, 1), step_size.mean().item(), transitions
+    return log_w, accept_sum / max(transitions, 1), transitions
+
+
+def tune_step_sizes(log_joint: LogJoint, betas: list, settings: AISSettings, bar=None) -> torch.Tensor:
+    """Step sizes per beta_t and point, (len(betas), points), from pilot chains of their own.
+
+    The pilot anneals ``log_joint.num_chains`` separate chains from the prior over a shorter
+    schedule of the same shape, moving each point's log step size towards the target acceptance
+    (averaged over its pilot chains) after every transition. The log step sizes it visited are
+    smoothed and interpolated in beta onto ``betas``. The real chains then run with this schedule
+    frozen: a step size that followed a chain's own acceptances would make the kernel at step t
+    depend on the chain's past, which breaks E[w] = p(x) (measured +0.07 nats above the exact
+    log p(x) on probabilistic PCA)."""
+    pilot_betas = beta_schedule(min(settings.tune_steps, len(betas) - 1), settings.schedule).tolist()
+    state = _State(log_joint, log_joint.prior_sample())
+    log_eps = torch.full((log_joint.num_points,), math.log(settings.initial_step_size))
+
+    def transition(beta):
+        nonlocal state, log_eps
+        used = log_eps
+        eps = jittered(used.exp().expand_as(state.lp), settings.step_jitter)
+        state, accept_prob = _hmc(log_joint, state, beta, eps, settings.leapfrog_steps)
+        log_eps = log_eps + settings.tune_rate * (accept_prob.mean(0) - settings.target_accept)
+        return used
+
+    for _ in range(TUNE_WARMUP):  # find the prior's step size before annealing away from it
+        transition(0.0)
+    visited = [log_eps.clone()]  # the step size used at pilot_betas[t], t = 0 .. T
+    for t in range(1, len(pilot_betas)):
+        visited.append(transition(pilot_betas[t]))
+        if bar is not None:
+            bar.update(1)
+    smoothed = _moving_average(torch.stack(visited), window=9)
+    return _interpolate(torch.tensor(pilot_betas), smoothed, torch.tensor(betas)).exp()
+
+
+def _moving_average(values: torch.Tensor, window: int) -> torch.Tensor:
+    """Centred moving average along dim 0 (shrinking at the ends)."""
+    n = values.shape[0]
+    padded = torch.cat([values.new_zeros(1, *values.shape[1:]), values.cumsum(0)])
+    half = window // 2
+    lo = torch.arange(n).sub(half).clamp(min=0)
+    hi = torch.arange(n).add(half + 1).clamp(max=n)
+    return (padded[hi] - padded[lo]) / (hi - lo).unsqueeze(-1).to(values)
+
+
+def _interpolate(x: torch.Tensor, y: torch.Tensor, at: torch.Tensor) -> torch.Tensor:
+    """Piecewise-linear y(x) (x increasing, y (len(x), points)) at the points ``at``."""
+    x, at = x.double(), at.double()
+    right = torch.searchsorted(x, at).clamp(1, len(x) - 1)
+    left = right - 1
+    frac = ((at - x[left]) / (x[right] - x[left])).clamp(0, 1).to(y).unsqueeze(-1)
+    return y[left] + frac * (y[right] - y[left])
 
 
 def ais(model, batch: dict, settings: AISSettings = AISSettings(), max_plate_nesting: int = 1,
-        observed: dict | None = None, start: dict | None = None, progress: bool = False,
-        desc: str = "AIS") -> AISResult:
+        observed: dict | None = None, start: dict | None = None, step_sizes: torch.Tensor | None = None,
+        progress: bool = False, desc: str = "AIS") -> AISResult:
     """AIS for every data point in ``batch`` (model keyword arguments, first dim = points).
 
     ``observed`` (site name -> value) replaces the data at observed sites (simulated data);
     ``start`` (latent site name -> value without a chain dimension) runs the reverse direction
     from those exact posterior samples, giving an upper bound instead of a lower one.
+    ``step_sizes`` (num_steps + 1, points), e.g. a forward run's ``result.step_sizes``, are used
+    as they are; otherwise pilot chains tune them first (``tune_step_sizes``).
     """
+    settings.check()
     n = next(iter(batch.values())).shape[0]
     c = settings.num_chains
-    chunk = max(1, min(n, settings.max_rows // c))
+    chunk = max(1, min(n, settings.max_rows // max(c, settings.tune_chains)))
     betas = beta_schedule(settings.num_steps, settings.schedule).tolist()
+    if step_sizes is not None and step_sizes.shape != (len(betas), n):
+        raise ValueError(f"step_sizes must have shape {(len(betas), n)} (num_steps + 1, points), "
+                         f"got {tuple(step_sizes.shape)}")
     reverse = start is not None
+    tune = step_sizes is None
+    tune_steps = min(settings.tune_steps, settings.num_steps) if tune else 0
     started = time.perf_counter()
-    log_ws, accepts, steps, row_evals = [], [], [], 0
-    with tqdm(total=settings.num_steps * math.ceil(n / chunk), desc=desc, disable=not progress, leave=False) as bar:
+    log_ws, sizes, accepts, row_evals, tune_evals, tune_s = [], [], [], 0, 0, 0.0
+    total = (settings.num_steps + tune_steps) * math.ceil(n / chunk)
+    with tqdm(total=total, desc=desc, disable=not progress, leave=False) as bar:
         for lo in range(0, n, chunk):
             hi = min(n, lo + chunk)
             sub = {k: v[lo:hi] if torch.is_tensor(v) and v.dim() > 0 and v.shape[0] == n else v for k, v in batch.items()}
+            if tune:
+                t = time.perf_counter()
+                obs = _chain_expand(observed, lo, hi, settings.tune_chains, max_plate_nesting)
+                pilot = LogJoint(model, sub, settings.tune_chains, max_plate_nesting, observed=obs)
+                eps = tune_step_sizes(pilot, betas, settings, bar)
+                pilot_transitions = tune_steps + TUNE_WARMUP
+                tune_evals += (1 + pilot_transitions * settings.leapfrog_steps) * settings.tune_chains * (hi - lo)
+                tune_s += time.perf_counter() - t
+            else:
+                eps = step_sizes[:, lo:hi]
             obs = _chain_expand(observed, lo, hi, c, max_plate_nesting)
             log_joint = LogJoint(model, sub, c, max_plate_nesting, observed=obs)
             z0 = log_joint.flatten(_chain_expand(start, lo, hi, c, max_plate_nesting)) if reverse else log_joint.prior_sample()
-            log_w, accept, step, transitions = _run_chunk(log_joint, betas, settings, z0, reverse, bar)
+            log_w, accept, transitions = _anneal(log_joint, betas, eps, settings.leapfrog_steps, settings.step_jitter,
+                                                 z0, reverse, bar)
             log_ws.append(log_w)
+            sizes.append(eps)
             accepts.append(accept * (hi - lo))
-            steps.append(step * (hi - lo))
             row_evals += (1 + transitions * settings.leapfrog_steps) * c * (hi - lo)
     log_w = torch.cat(log_ws, dim=1)
+    step_sizes = torch.cat(sizes, dim=1)
     lme = torch.logsumexp(log_w, 0) - math.log(c)
     log_px = -lme if reverse else lme  # reverse: log_w estimates log 1/p(x)
-    return AISResult(log_px=log_px.float(), log_weights=log_w.float(), accept_rate=sum(accepts) / n,
-                     step_size=sum(steps) / n, wall_s=time.perf_counter() - started, row_evals=row_evals,
-                     direction="reverse" if reverse else "forward")
+    mean_step = step_sizes[1:-1].mean().item() if len(betas) > 2 else math.nan  # the transitions' step sizes
+    return AISResult(log_px=log_px.float(), log_weights=log_w.float(), step_sizes=step_sizes,
+                     accept_rate=sum(accepts) / n, step_size=mean_step,
+                     wall_s=time.perf_counter() - started, row_evals=row_evals, tune_row_evals=tune_evals,
+                     tune_s=tune_s, direction="reverse" if reverse else "forward")
 
 
 def _chain_expand(values: dict | None, lo: int, hi: int, chains: int, max_plate_nesting: int):
@@ -257,3 +374,26 @@ def simulate(model, batch: dict, max_plate_nesting: int = 1):
         target = observed if conditioned.nodes[name]["is_observed"] else latents
         target[name] = site["value"]
     return latents, observed
+
+
+def bdmc(model, batch: dict, settings: AISSettings = AISSettings(), max_plate_nesting: int = 1,
+         progress: bool = False) -> dict:
+    """Bidirectional Monte Carlo (Grosse et al. 2015) on data simulated from the model, one
+    simulated point per point of ``batch``: forward AIS from the prior (a stochastic lower bound)
+    and reverse AIS from the exact posterior sample that generated each point (a stochastic upper
+    bound), both with the step sizes the forward pilot tuned. The bracket's width bounds AIS's
+    error on *simulated* data; it is not a bound on log p(x) of the real points."""
+    latents, observed = simulate(model, batch, max_plate_nesting)
+    lower = ais(model, batch, settings, max_plate_nesting, observed=observed, progress=progress, desc="BDMC forward")
+    upper = ais(model, batch, settings, max_plate_nesting, observed=observed, start=latents,
+                step_sizes=lower.step_sizes, progress=progress, desc="BDMC reverse")
+    _, lower_var = monte_carlo_variances(lower.log_weights)
+    _, upper_var = monte_carlo_variances(upper.log_weights)  # of log(1 / p(x)): the same variance
+    width = upper.log_px.double() - lower.log_px.double()
+    return {"points": width.numel(), "simulated_log_px_lower": lower.log_px.double().mean().item(),
+            "simulated_log_px_upper": upper.log_px.double().mean().item(), "width": width.mean().item(),
+            "width_mc_se": mc_se(lower_var + upper_var),
+            "wall_s": round(lower.wall_s + upper.wall_s, 1),
+            "note": "on data simulated from the model (an exact posterior sample is known there), "
+                    "not on the real points"}
+

@@ -11,7 +11,8 @@ spread over points (which points were drawn) is a different error and is reporte
 
 A model whose latents are not all continuous provides its own estimates through
 ``Experiment.gap_estimates(built, points, options) -> GapEstimates`` (e.g. by enumerating a
-discrete latent space); the continuous models use AIS and local optimisation (experiments/gap.py).
+discrete latent space); the continuous models use AIS and local optimisation
+(inference/gap_report.py). inference/gap_checks.py checks a report against itself.
 """
 import math
 from dataclasses import dataclass, field
@@ -75,6 +76,8 @@ class GapEstimates:
     elbo_local: Estimate | None  # L[q*]: the best member of the same family per point (None: not computed)
     iwae: Estimate | None = None  # the amortised guide's IWAE-K bound, when computed
     details: dict = field(default_factory=dict)  # anything else for gap.json (settings, timings, diagnostics)
+    local_at_limit: int | None = None  # points whose q* stopped on the step limit, not the stopping rule (None: unknown)
+    local_max_steps: int | None = None  # that limit
 
 
 def mc_se(mc_var: torch.Tensor) -> float:

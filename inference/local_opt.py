@@ -13,6 +13,7 @@ import time
 import warnings
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from functools import partial
 
 import torch
 from tqdm.auto import tqdm
@@ -39,6 +40,12 @@ class LocalOptResult:
     steps: int
     wall_s: float
     history: list = field(default_factory=list)  # mean ELBO over points per window
+    converged: bool = False  # stopped by the stopping rule (False: by max_steps)
+
+    def points_guide(self):
+        """q* as a guide of the data alone (model keyword arguments, no ``idx``), for the N points
+        it was fitted to, in their order."""
+        return partial(self.guide, idx=torch.arange(self.guide.source.table.shape[0]))
 
 
 @contextmanager
@@ -67,8 +74,9 @@ def local_guide_like(guide: Guide, num_points: int, init_params: torch.Tensor | 
 
 def optimise_local(model, guide: Guide, batch: dict, settings: LocalOptSettings = LocalOptSettings(),
                    frozen_modules=(), max_plate_nesting: int = 1, progress: bool = False) -> LocalOptResult:
-    """q* for every point of ``batch`` (model keyword arguments without ``idx``; the points are
-    numbered 0..N-1 for the local table). ``model`` is the program the guide is scored against
+    """q* for every point of ``batch`` (model keyword arguments; an ``idx`` there is dropped, the
+    points are numbered 0..N-1 for the local table and only the guide sees those numbers, so the
+    model need not take an ``idx`` argument). ``model`` is the program the guide is scored against
     (with the auxiliary reverse model for auxiliary guides); ``frozen_modules`` are held fixed."""
     batch = {k: v for k, v in batch.items() if k != "idx"}
     n = next(iter(batch.values())).shape[0]
@@ -80,15 +88,15 @@ def optimise_local(model, guide: Guide, batch: dict, settings: LocalOptSettings 
     else:
         raise ValueError(f"unknown local initialisation {settings.init!r}; choose from: amortised, prior")
     local = local_guide_like(guide, n, init)
-    batch = {**batch, "idx": torch.arange(n)}
+    local_guide = partial(local, idx=torch.arange(n))
     optimizer = torch.optim.Adam([local.source.table], lr=settings.lr)
     started = time.perf_counter()
-    window, previous, history, step = [], None, [], 0
+    window, previous, history, step, converged = [], None, [], 0, False
     with frozen([*frozen_modules, guide]), warnings.catch_warnings(), tqdm(total=settings.max_steps, desc="local q*", disable=not progress, leave=False) as bar:
         warnings.filterwarnings("ignore", message=".*not registered in the param store because requires_grad=False")
         while step < settings.max_steps:
             optimizer.zero_grad(set_to_none=True)
-            elbo = log_weights(model, local, settings.num_particles, max_plate_nesting, **batch).mean(0)
+            elbo = log_weights(model, local_guide, settings.num_particles, max_plate_nesting, **batch).mean(0)
             (-elbo.sum()).backward()
             optimizer.step()
             window.append(elbo.detach())
@@ -99,7 +107,9 @@ def optimise_local(model, guide: Guide, batch: dict, settings: LocalOptSettings 
                 history.append(current.mean().item())
                 window = []
                 if previous is not None and (current - previous).mean().item() < settings.tol:
+                    converged = True
                     break
                 previous = current
     local.eval()
-    return LocalOptResult(guide=local, steps=step, wall_s=time.perf_counter() - started, history=history)
+    return LocalOptResult(guide=local, steps=step, wall_s=time.perf_counter() - started, history=history,
+                          converged=converged)

@@ -9,6 +9,8 @@ import pyro
 import torch
 from pyro import poutine
 
+from .log_weights import check_sites_match
+
 
 def batch_size_of(batch: dict) -> int:
     for value in batch.values():
@@ -27,7 +29,9 @@ class ElboObjective:
     at any batch size.
 
     Pyro's validation (shapes, supports, model/guide agreement) runs on the first call only;
-    after that the checks cost time and find nothing new.
+    after that the checks cost time and find nothing new. The first call also refuses a guide
+    whose latent sites differ from the model's (``check_sites_match``; Pyro only warns), from
+    the traces the ELBO itself made: no extra forward pass, no random draw.
     """
 
     def __init__(self, elbo, model: Callable, guide: Callable):
@@ -37,18 +41,29 @@ class ElboObjective:
         self.validated = False
 
     def __call__(self, batch: dict, **schedule) -> float:
+        if self.validated:
+            return self._loss(self.model, self.guide, batch, schedule)
+        model, guide = poutine.trace(self.model), poutine.trace(self.guide)  # record what the ELBO runs
+        loss = self._loss(model, guide, batch, schedule, check=lambda: check_sites_match(model.trace, guide.trace))
+        self.validated = True
+        return loss
+
+    def _loss(self, model, guide, batch: dict, schedule: dict, check=None) -> float:
+        """``check()`` runs once the traces exist: before the backward pass where the ELBO
+        leaves that to us, after it where the ELBO runs it itself."""
         per_point = 1.0 / batch_size_of(batch)
         with pyro.validation_enabled(not self.validated):
             if hasattr(self.elbo, "differentiable_loss"):
-                loss = self.elbo.differentiable_loss(self.model, self.guide, **batch, **schedule) * per_point
+                loss = self.elbo.differentiable_loss(model, guide, **batch, **schedule) * per_point
+                if check is not None:
+                    check()
                 loss.backward()
-                loss = loss.item()
-            else:
-                model = poutine.scale(self.model, scale=per_point)
-                guide = poutine.scale(self.guide, scale=per_point)
-                loss = self.elbo.loss_and_grads(model, guide, **batch, **schedule)
-        self.validated = True
-        return loss
+                return loss.item()
+            loss = self.elbo.loss_and_grads(poutine.scale(model, scale=per_point),
+                                            poutine.scale(guide, scale=per_point), **batch, **schedule)
+            if check is not None:
+                check()
+            return loss
 
 
 class LossObjective:

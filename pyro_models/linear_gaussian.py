@@ -63,10 +63,30 @@ class LinearGaussian(nn.Module):
     def log_marginal(self, x: torch.Tensor) -> torch.Tensor:
         return self.marginal().log_prob(x)
 
+    def posterior_precision(self) -> torch.Tensor:
+        """The precision of p(z | x), the same for every x: I + W^T W / s^2."""
+        return torch.eye(self.config.latent_dim) + self.weight.T @ self.weight / self.log_noise.exp() ** 2
+
     def posterior(self, x: torch.Tensor) -> dist.MultivariateNormal:
         """p(z | x) = N(S W^T (x - b) / s^2, S) with S = (I + W^T W / s^2)^-1."""
-        noise_var = self.log_noise.exp() ** 2
-        precision = torch.eye(self.config.latent_dim) + self.weight.T @ self.weight / noise_var
-        cov = torch.linalg.inv(precision)
-        mean = (x - self.bias) @ self.weight @ cov.T / noise_var
+        cov = torch.linalg.inv(self.posterior_precision())
+        mean = (x - self.bias) @ self.weight @ cov.T / self.log_noise.exp() ** 2
         return dist.MultivariateNormal(mean, covariance_matrix=cov.expand(x.shape[0], -1, -1))
+
+    def diagonal_gaussian_elbo(self, x: torch.Tensor, loc: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+        """The ELBO of q(z | x) = N(loc, diag scale^2) per point: log p(x) - KL(q || p(z | x)), with
+        KL = 1/2 [sum_i L_ii scale_i^2 + (mu - loc)^T L (mu - loc) - d - log det L - sum_i log scale_i^2]
+        for the posterior N(mu, L^-1)."""
+        precision = self.posterior_precision()
+        diff = self.posterior(x).mean - loc
+        kl = 0.5 * ((torch.diagonal(precision) * scale ** 2).sum(-1) + ((diff @ precision) * diff).sum(-1)
+                    - self.config.latent_dim - torch.logdet(precision) - (scale ** 2).log().sum(-1))
+        return self.log_marginal(x) - kl
+
+    def best_diagonal_gaussian(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(loc, scale) of the diagonal Gaussian closest to p(z | x) in KL(q || p): the posterior
+        mean and 1 / sqrt(L_ii). Its KL, the approximation gap of the family, is
+        1/2 (sum_i log L_ii - log det L)."""
+        precision = self.posterior_precision()
+        scale = torch.diagonal(precision).rsqrt().expand(x.shape[0], -1)
+        return self.posterior(x).mean, scale

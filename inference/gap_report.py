@@ -1,0 +1,195 @@
+"""The inference-gap decomposition of Cremer, Li & Duvenaud (2018) for your own Pyro model and guide.
+
+    log p(x) - L[q] = (log p(x) - L[q*]) + (L[q*] - L[q])
+                      approximation gap    amortisation gap
+
+    from inference import gap_report
+    report = gap_report(model, guide, {"x": x})
+    report["amortisation_gap"], report["checks"], report["converged"]
+
+``model(**data)`` is a Pyro program whose latent sites are real-valued and, like its observed
+sites, inside a plate named "data" over the points (the first dimension of every tensor in
+``data``); ``guide(**data)`` samples the same latent sites. log p(x) is AIS (bracketed by BDMC on
+simulated data and re-run with twice the steps on a few points); L[q] and IWAE-K come from the
+guide; L[q*] from a local guide of the same family optimised per point, which needs a guide from
+``guides.build_guide`` (with any other guide the report says why it skips q*). The report then
+checks itself (inference/gap_checks.py): failed checks are listed in ``report["checks"]``, set
+``report["converged"]`` to False and are raised as ``GapCheckWarning``s; the numbers stay.
+"""
+import math
+import time
+import warnings
+from dataclasses import dataclass, field
+
+import torch
+from torch import nn
+
+from guides.guide import Guide
+
+from .ais import AISSettings, ais, bdmc
+from .gap_checks import check_lines, consistency_checks, converged
+from .gap_estimates import Estimate, GapEstimates, summarise
+from .importance import evaluate_importance
+from .local_opt import LocalOptSettings, optimise_local
+
+
+class GapCheckWarning(UserWarning):
+    """A gap report's check failed, or could not be run: its numbers are not to be trusted as they are."""
+
+
+@dataclass
+class GapSettings:
+    ais: AISSettings = field(default_factory=AISSettings)
+    convergence_points: int = 25  # AIS again with twice the steps on this many points (0: skip)
+    bdmc_points: int = 100  # points simulated from the model for the BDMC bracket (0: skip)
+    iwae_k: int = 5000  # samples of the guide for IWAE-K
+    elbo_samples: int = 1000  # samples per point for L[q] and L[q*]
+    local: LocalOptSettings = field(default_factory=LocalOptSettings)  # how q* is fitted
+    tolerance: float = 0.1  # nats: what the doubled-AIS check and the BDMC bracket may move or leave
+
+
+def _local_skip_reason(guide, init: str) -> str | None:
+    """Why q* cannot be fitted from this guide (None: it can)."""
+    if not isinstance(guide, Guide):
+        return (f"q* needs a guide from guides.build_guide (a family per latent site, so the same family can be "
+                f"fitted per point); this guide is a {type(guide).__name__}")
+    if init == "amortised" and not guide.amortised:
+        return "q* starts from the guide's output (local init 'amortised'), but this guide is local: use init 'prior'"
+    return None
+
+
+def _modules_of(*programs) -> list[nn.Module]:
+    """The modules behind bound methods like ``vae.model``: held fixed while q* is fitted."""
+    found = []
+    for program in programs:
+        owner = getattr(program, "__self__", program)
+        if isinstance(owner, nn.Module):
+            found.append(owner)
+    return found
+
+
+def continuous_estimates(model, guide, data: dict, settings: GapSettings = GapSettings(), *, guide_model=None,
+                         local_guide=None, frozen_modules=(), max_plate_nesting: int = 1,
+                         progress: bool = False) -> GapEstimates:
+    """log p(x) by AIS, L[q] and IWAE-K, and L[q*], per point (see the module docstring).
+
+    ``guide_model``: the program the guide is scored against (default ``model``; an auxiliary
+    guide needs ``guides.with_auxiliary(model, reverse)``). ``local_guide``: the guide whose
+    families q* takes (default ``guide``; q* starts from ``local_guide``'s own output when
+    ``settings.local.init`` is "amortised"). ``frozen_modules``: held fixed while q* is fitted
+    (by default the modules behind ``model`` and ``guide_model`` when they are bound methods).
+    """
+    guide_model = model if guide_model is None else guide_model
+    data = {k: v for k, v in data.items() if k != "idx"}
+    details, timings = {}, {}
+
+    t = time.perf_counter()
+    a = settings.ais
+    result = ais(model, data, a, max_plate_nesting, progress=progress, desc="AIS")
+    log_px = Estimate.log_mean_exp(result.log_weights, (
+        f"AIS: {a.num_steps} {a.schedule} steps, {a.num_chains} chains, HMC with {a.leapfrog_steps} leapfrog steps and "
+        f"step sizes tuned on {a.tune_chains} pilot chains then frozen (a stochastic lower bound; MC error by the "
+        "delta method over chains)"))
+    details["ais"] = ais_diagnostics(result)
+    if settings.convergence_points > 0:
+        details["ais_convergence"] = ais_doubling(model, data, a, result, settings.convergence_points,
+                                                  max_plate_nesting, progress)
+    if settings.bdmc_points > 0:
+        m = min(settings.bdmc_points, result.log_px.numel())
+        details["bdmc_simulated"] = bdmc(model, {k: v[:m] for k, v in data.items()}, a, max_plate_nesting, progress)
+    timings["log_px_s"] = round(time.perf_counter() - t, 1)
+
+    t = time.perf_counter()
+    amortised = evaluate_importance(guide_model, guide, data, settings.elbo_samples, max_plate_nesting,
+                                    progress=progress, desc="L[q]")
+    iwae = amortised if settings.iwae_k == settings.elbo_samples else evaluate_importance(
+        guide_model, guide, data, settings.iwae_k, max_plate_nesting, progress=progress, desc=f"IWAE-{settings.iwae_k}")
+    timings["amortised_s"] = round(time.perf_counter() - t, 1)
+
+    samples = f"{settings.elbo_samples} samples per point"
+    estimates = GapEstimates(
+        log_px=log_px,
+        elbo_amortised=Estimate(amortised.elbo.double(), amortised.elbo_mc_var, f"amortised guide, {samples}"),
+        elbo_local=None,
+        iwae=Estimate(iwae.iwae.double(), iwae.iwae_mc_var, f"IWAE-{settings.iwae_k} of the amortised guide"),
+        details=details)
+
+    local_guide = guide if local_guide is None else local_guide
+    skip = _local_skip_reason(local_guide, settings.local.init)
+    if skip is not None:
+        details["local_skipped"] = skip
+    else:
+        t = time.perf_counter()
+        frozen = [*frozen_modules] or _modules_of(model, guide_model)
+        opt = optimise_local(guide_model, local_guide, data, settings.local, frozen_modules=frozen,
+                             max_plate_nesting=max_plate_nesting, progress=progress)
+        local = evaluate_importance(guide_model, opt.points_guide(), data, settings.elbo_samples, max_plate_nesting,
+                                    progress=progress, desc="L[q*]")
+        details["local_opt"] = {"init": settings.local.init, "steps": opt.steps, "max_steps": settings.local.max_steps,
+                                "converged": opt.converged, "lr": settings.local.lr,
+                                "particles": settings.local.num_particles, "history": opt.history}
+        timings["local_s"] = round(time.perf_counter() - t, 1)
+        families = ", ".join(sorted({type(f).__name__ for f in local_guide.families}))
+        estimates.elbo_local = Estimate(
+            local.elbo.double(), local.elbo_mc_var,
+            f"q* of the family {families}: {opt.steps} Adam steps per point from the {settings.local.init} "
+            f"parameters, then {samples}")
+        estimates.local_at_limit = 0 if opt.converged else local.elbo.numel()
+        estimates.local_max_steps = settings.local.max_steps
+    details["timings_s"] = timings
+    return estimates
+
+
+def ais_diagnostics(result) -> dict:
+    return {"accept_rate": result.accept_rate, "mean_step_size": result.step_size, "wall_s": round(result.wall_s, 1),
+            "tune_s": round(result.tune_s, 1), "row_evals": result.row_evals, "tune_row_evals": result.tune_row_evals,
+            "leapfrog_chain_points_per_s": (result.row_evals + result.tune_row_evals) / result.wall_s}
+
+
+def ais_doubling(model, data: dict, settings: AISSettings, result, points: int, max_plate_nesting: int = 1,
+                 progress: bool = False) -> dict:
+    """AIS again with twice the steps on the first points: how far the estimate still moves,
+    with the Monte Carlo standard error of that change."""
+    m = min(points, result.log_px.numel())
+    sub = {k: v[:m] for k, v in data.items()}
+    double = AISSettings(**{**settings.__dict__, "num_steps": 2 * settings.num_steps})
+    longer = ais(model, sub, double, max_plate_nesting, progress=progress, desc="AIS x2")
+    base = Estimate.log_mean_exp(result.log_weights[:, :m], "")
+    twice = Estimate.log_mean_exp(longer.log_weights, "")
+    change = twice.value - base.value
+    return {"points": m, "steps": settings.num_steps, "log_px": base.mean(), "steps_x2": double.num_steps,
+            "log_px_x2": twice.mean(), "change": change.mean().item(),
+            "change_mc_se": math.sqrt((base.mc_var + twice.mc_var).sum().item()) / m,
+            "wall_s": round(longer.wall_s, 1)}
+
+
+def assemble(estimates: GapEstimates, tolerance: float = 0.1, log_px_exact: torch.Tensor | None = None) -> dict:
+    """The report: means and errors (``summarise``), the details, the checks and ``converged``."""
+    report = dict(estimates.details)
+    report.update(summarise(estimates))
+    if log_px_exact is not None:
+        report["log_px_exact"] = log_px_exact.double().mean().item()
+    checks = consistency_checks(estimates, tolerance, log_px_exact)
+    report["checks"] = checks
+    report["converged"] = converged(checks)
+    return report
+
+
+def gap_report(model, guide, data: dict, settings: GapSettings = GapSettings(), *, guide_model=None,
+               local_guide=None, frozen_modules=(), max_plate_nesting: int = 1, log_px_exact=None,
+               progress: bool = False, warn: bool = True) -> dict:
+    """The gap report of ``guide`` on ``model`` at the points in ``data`` (see the module
+    docstring and ``continuous_estimates`` for the arguments). Returns a JSON-ready dict: each
+    quantity's mean with ``*_mc_se`` (Monte Carlo error given the points) and ``*_point_se``
+    (spread over the points), the two gaps, the details, ``checks`` and ``converged``. With
+    ``warn``, each check that failed or could not be run is raised as a ``GapCheckWarning``."""
+    estimates = continuous_estimates(model, guide, data, settings, guide_model=guide_model, local_guide=local_guide,
+                                     frozen_modules=frozen_modules, max_plate_nesting=max_plate_nesting,
+                                     progress=progress)
+    report = assemble(estimates, settings.tolerance, log_px_exact)
+    if warn:
+        for line in check_lines(report["checks"]):
+            warnings.warn(line, GapCheckWarning, stacklevel=2)
+        if "local_skipped" in report:
+            warnings.warn(f"q* skipped: {report['local_skipped']}", GapCheckWarning, stacklevel=2)
+    return report
