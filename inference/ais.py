@@ -9,13 +9,16 @@ vectorised over chains x data points.
 
 Step sizes. AIS is a stochastic lower bound (E[w] = p(x)) only if the transition at step t
 leaves pi_t invariant, which an HMC kernel does only with a step size that does not depend on
-the chain's own state. So a short pilot run on separate chains (``tune_step_sizes``) fixes a
-schedule of step sizes per annealing step and data point, tuned towards an acceptance of 0.8;
-the real chains then run with that schedule frozen, and BDMC's reverse chains reuse it. Each
-transition multiplies the step size by a random factor drawn independently of the chain
-(``step_jitter``), which keeps the kernel invariant and breaks the resonances of a fixed step
-size: on a 10-d probabilistic PCA (200 steps) it cut the variance of log w from about 9 to 1.8,
-on the binarised-MNIST VAE (500 steps, 10 points) from 4.5 (the old per-chain adaptation) to 1.3.
+the chain's own state. So the step size at step t, per data point, is set by *pilot* chains
+alone: extra chains annealed alongside the real ones in the same batch, whose acceptances move
+the step size towards a target of 0.8 and whose weights are discarded. Given the pilot's path
+the real chains meet a fixed sequence of kernels, so E[w] = p(x) holds for them. The step sizes
+used are returned (``AISResult.step_sizes``) and BDMC's reverse chains run with them. Each
+transition also multiplies the step size by a random factor per chain, drawn independently of
+the chain (``step_jitter``), which keeps the kernel invariant and breaks the resonances of a
+fixed step size: on a 10-d probabilistic PCA (200 steps) it cut the variance of log w from
+about 9 to 1.8, on the binarised-MNIST VAE (500 steps, 10 points) from 4.5 (the old per-chain
+adaptation) to 1.3.
 
 - Forward AIS from the prior: log w = sum_t (beta_t - beta_{t-1}) log p(x | z_{t-1}); per point,
   log p(x) ≈ logmeanexp over chains of log w, a stochastic lower bound (E[w] = p(x)).
@@ -39,7 +42,7 @@ from .importance import monte_carlo_variances
 from .log_weights import DATA_PLATE, _sum_sites
 
 
-TUNE_WARMUP = 20  # pilot transitions at beta = 0 before the pilot anneals
+PILOT_WARMUP = 20  # transitions at beta = 0, before annealing, in which the pilot finds the prior's step size
 
 
 @dataclass
@@ -48,16 +51,15 @@ class AISSettings:
     num_chains: int = 16  # independent chains per data point (the paper: 100)
     leapfrog_steps: int = 10  # per HMC transition
     schedule: str = "sigmoid"  # "linear" or "sigmoid" (Grosse et al. 2015, delta = 4)
-    initial_step_size: float = 0.05  # where the pilot chains start
-    target_accept: float = 0.8  # what the pilot chains tune the step size towards
+    initial_step_size: float = 0.05  # where the pilot starts
+    target_accept: float = 0.8  # what the pilot tunes the step size towards
     step_jitter: float = 0.5  # each transition's step size x Uniform(1 - jitter, 1 + jitter), per chain
-    tune_chains: int = 4  # pilot chains per data point: they set the step sizes, then are discarded
-    tune_steps: int = 200  # annealing steps of the pilot run (at most num_steps)
-    tune_rate: float = 0.5  # log step size += rate x (acceptance - target) per pilot transition
+    pilot_chains: int = 2  # extra chains per point whose acceptances alone set the step sizes (discarded)
+    tune_rate: float = 0.5  # log step size += rate x (pilot acceptance - target) after each transition
     max_rows: int = 16384  # chains x points per pass (bounds memory)
 
     def check(self) -> None:
-        for name in ("num_steps", "num_chains", "leapfrog_steps", "tune_chains", "tune_steps", "max_rows"):
+        for name in ("num_steps", "num_chains", "leapfrog_steps", "pilot_chains", "max_rows"):
             if getattr(self, name) < 1:
                 raise ValueError(f"AIS {name} must be at least 1, got {getattr(self, name)}")
         if not (self.initial_step_size > 0 and math.isfinite(self.initial_step_size)):
@@ -72,13 +74,12 @@ class AISSettings:
 class AISResult:
     log_px: torch.Tensor  # (points,): logmeanexp over chains of the log-weights
     log_weights: torch.Tensor  # (chains, points); reverse: log-weights of 1 / p(x)
-    step_sizes: torch.Tensor  # (num_steps + 1, points): the frozen HMC step size at each beta_t
+    step_sizes: torch.Tensor  # (num_steps + 1, points): the HMC step size (before jitter) at each beta_t
     accept_rate: float  # mean over transitions, chains and points
     step_size: float  # mean step size over transitions and points
     wall_s: float
-    row_evals: int  # (chain, point) gradient evaluations of the run: leapfrog steps x chains x points
-    tune_row_evals: int  # the same for the pilot chains (0 when the step sizes were given)
-    tune_s: float  # wall time of the pilot run
+    row_evals: int  # (chain, point) gradient evaluations of the chains: leapfrog steps x chains x points
+    pilot_row_evals: int  # the same for the pilot chains (0 when the step sizes were given)
     direction: str
 
 
@@ -212,79 +213,45 @@ def jittered(step_size: torch.Tensor, jitter: float) -> torch.Tensor:
     return step_size * (1 + jitter * (2 * torch.rand_like(step_size) - 1))
 
 
-def _anneal(log_joint: LogJoint, betas: list, step_sizes: torch.Tensor, leapfrog_steps: int, jitter: float,
-            start_z, reverse: bool, bar):
-    """One AIS pass of every chain with the given step sizes (num_steps + 1, points): the
-    transition at beta_t is a fixed HMC kernel, so it leaves pi_t invariant and E[w] = p(x)."""
-    c, b = log_joint.num_chains, log_joint.num_points
+def _anneal(log_joint: LogJoint, betas: list, settings: AISSettings, start_z, reverse: bool, bar,
+            step_sizes: torch.Tensor | None = None):
+    """One AIS pass. Rows (dim 0) 0..C-1 of ``log_joint`` are the chains; without ``step_sizes``
+    (len(betas), points) the rows after them are pilot chains, whose acceptances alone set each
+    transition's step size. Returns the chains' log-weights, their acceptance, the number of
+    transitions and the step sizes used (len(betas), points)."""
+    rows, b = log_joint.num_chains, log_joint.num_points
+    c = settings.num_chains
     state = _State(log_joint, start_z)
-    log_w = torch.zeros(c, b, dtype=torch.float64)
+    log_eps = torch.full((b,), math.log(settings.initial_step_size))
+
+    def transition(eps: torch.Tensor, beta: float) -> torch.Tensor:
+        """One HMC transition of every row with per-point step sizes ``eps``; the chains' acceptance."""
+        nonlocal state, log_eps
+        state, accept_prob = _hmc(log_joint, state, beta, jittered(eps.expand(rows, b), settings.step_jitter),
+                                  settings.leapfrog_steps)
+        if rows > c:  # the pilot's acceptances, never the chains', move the step size
+            log_eps = log_eps + settings.tune_rate * (accept_prob[c:].mean(0) - settings.target_accept)
+        return accept_prob[:c]
+
+    if step_sizes is None:
+        for _ in range(PILOT_WARMUP):  # pi_0 = p(z) is left invariant: the chains stay prior samples
+            transition(log_eps.exp(), 0.0)
+    used = (step_sizes if step_sizes is not None else log_eps.exp().expand(len(betas), b)).clone()
+    log_w = torch.zeros(rows, b, dtype=torch.float64)
     accept_sum, transitions = 0.0, 0
     order = range(len(betas) - 1, 0, -1) if reverse else range(1, len(betas))
     for t in order:
         log_w += (betas[t] - betas[t - 1]) * state.ll.double()
         target = t - 1 if reverse else t
+        used[target] = step_sizes[target] if step_sizes is not None else log_eps.exp()
         if (reverse and t > 1) or (not reverse and t < len(betas) - 1):  # the last kernel changes no weight
-            eps = jittered(step_sizes[target].expand(c, b), jitter)
-            state, accept_prob = _hmc(log_joint, state, float(betas[target]), eps, leapfrog_steps)
-            accept_sum += accept_prob.mean().item()
+            accept_sum += transition(used[target], float(betas[target])).mean().item()
             transitions += 1
         bar.update(1)
+    log_w = log_w[:c]
     if reverse:
         log_w = -log_w  # E[exp(-sum)] = 1 / p(x): the upper bound is -logmeanexp(-sum)
-    return log_w, accept_sum / max(transitions, 1), transitions
-
-
-def tune_step_sizes(log_joint: LogJoint, betas: list, settings: AISSettings, bar=None) -> torch.Tensor:
-    """Step sizes per beta_t and point, (len(betas), points), from pilot chains of their own.
-
-    The pilot anneals ``log_joint.num_chains`` separate chains from the prior over a shorter
-    schedule of the same shape, moving each point's log step size towards the target acceptance
-    (averaged over its pilot chains) after every transition. The log step sizes it visited are
-    smoothed and interpolated in beta onto ``betas``. The real chains then run with this schedule
-    frozen: a step size that followed a chain's own acceptances would make the kernel at step t
-    depend on the chain's past, which breaks E[w] = p(x) (measured +0.07 nats above the exact
-    log p(x) on probabilistic PCA)."""
-    pilot_betas = beta_schedule(min(settings.tune_steps, len(betas) - 1), settings.schedule).tolist()
-    state = _State(log_joint, log_joint.prior_sample())
-    log_eps = torch.full((log_joint.num_points,), math.log(settings.initial_step_size))
-
-    def transition(beta):
-        nonlocal state, log_eps
-        used = log_eps
-        eps = jittered(used.exp().expand_as(state.lp), settings.step_jitter)
-        state, accept_prob = _hmc(log_joint, state, beta, eps, settings.leapfrog_steps)
-        log_eps = log_eps + settings.tune_rate * (accept_prob.mean(0) - settings.target_accept)
-        return used
-
-    for _ in range(TUNE_WARMUP):  # find the prior's step size before annealing away from it
-        transition(0.0)
-    visited = [log_eps.clone()]  # the step size used at pilot_betas[t], t = 0 .. T
-    for t in range(1, len(pilot_betas)):
-        visited.append(transition(pilot_betas[t]))
-        if bar is not None:
-            bar.update(1)
-    smoothed = _moving_average(torch.stack(visited), window=9)
-    return _interpolate(torch.tensor(pilot_betas), smoothed, torch.tensor(betas)).exp()
-
-
-def _moving_average(values: torch.Tensor, window: int) -> torch.Tensor:
-    """Centred moving average along dim 0 (shrinking at the ends)."""
-    n = values.shape[0]
-    padded = torch.cat([values.new_zeros(1, *values.shape[1:]), values.cumsum(0)])
-    half = window // 2
-    lo = torch.arange(n).sub(half).clamp(min=0)
-    hi = torch.arange(n).add(half + 1).clamp(max=n)
-    return (padded[hi] - padded[lo]) / (hi - lo).unsqueeze(-1).to(values)
-
-
-def _interpolate(x: torch.Tensor, y: torch.Tensor, at: torch.Tensor) -> torch.Tensor:
-    """Piecewise-linear y(x) (x increasing, y (len(x), points)) at the points ``at``."""
-    x, at = x.double(), at.double()
-    right = torch.searchsorted(x, at).clamp(1, len(x) - 1)
-    left = right - 1
-    frac = ((at - x[left]) / (x[right] - x[left])).clamp(0, 1).to(y).unsqueeze(-1)
-    return y[left] + frac * (y[right] - y[left])
+    return log_w, accept_sum / max(transitions, 1), transitions, used
 
 
 def ais(model, batch: dict, settings: AISSettings = AISSettings(), max_plate_nesting: int = 1,
@@ -296,54 +263,49 @@ def ais(model, batch: dict, settings: AISSettings = AISSettings(), max_plate_nes
     ``start`` (latent site name -> value without a chain dimension) runs the reverse direction
     from those exact posterior samples, giving an upper bound instead of a lower one.
     ``step_sizes`` (num_steps + 1, points), e.g. a forward run's ``result.step_sizes``, are used
-    as they are; otherwise pilot chains tune them first (``tune_step_sizes``).
+    as they are; otherwise ``settings.pilot_chains`` pilot chains per point set them (the
+    reverse direction needs them given).
     """
     settings.check()
     n = next(iter(batch.values())).shape[0]
-    c = settings.num_chains
-    chunk = max(1, min(n, settings.max_rows // max(c, settings.tune_chains)))
     betas = beta_schedule(settings.num_steps, settings.schedule).tolist()
     if step_sizes is not None and step_sizes.shape != (len(betas), n):
         raise ValueError(f"step_sizes must have shape {(len(betas), n)} (num_steps + 1, points), "
                          f"got {tuple(step_sizes.shape)}")
     reverse = start is not None
-    tune = step_sizes is None
-    tune_steps = min(settings.tune_steps, settings.num_steps) if tune else 0
+    if reverse and step_sizes is None:
+        raise ValueError("reverse AIS needs the step sizes of a forward run (step_sizes=forward.step_sizes): "
+                         "pilot chains cannot start from the exact posterior samples")
+    c = settings.num_chains
+    rows = c + (settings.pilot_chains if step_sizes is None else 0)
+    chunk = max(1, min(n, settings.max_rows // rows))
     started = time.perf_counter()
-    log_ws, sizes, accepts, row_evals, tune_evals, tune_s = [], [], [], 0, 0, 0.0
-    total = (settings.num_steps + tune_steps) * math.ceil(n / chunk)
-    with tqdm(total=total, desc=desc, disable=not progress, leave=False) as bar:
+    log_ws, sizes, accepts, transitions = [], [], [], 0
+    with tqdm(total=settings.num_steps * math.ceil(n / chunk), desc=desc, disable=not progress, leave=False) as bar:
         for lo in range(0, n, chunk):
             hi = min(n, lo + chunk)
-            sub = {k: v[lo:hi] if torch.is_tensor(v) and v.dim() > 0 and v.shape[0] == n else v for k, v in batch.items()}
-            if tune:
-                t = time.perf_counter()
-                obs = _chain_expand(observed, lo, hi, settings.tune_chains, max_plate_nesting)
-                pilot = LogJoint(model, sub, settings.tune_chains, max_plate_nesting, observed=obs)
-                eps = tune_step_sizes(pilot, betas, settings, bar)
-                pilot_transitions = tune_steps + TUNE_WARMUP
-                tune_evals += (1 + pilot_transitions * settings.leapfrog_steps) * settings.tune_chains * (hi - lo)
-                tune_s += time.perf_counter() - t
-            else:
-                eps = step_sizes[:, lo:hi]
-            obs = _chain_expand(observed, lo, hi, c, max_plate_nesting)
-            log_joint = LogJoint(model, sub, c, max_plate_nesting, observed=obs)
-            z0 = log_joint.flatten(_chain_expand(start, lo, hi, c, max_plate_nesting)) if reverse else log_joint.prior_sample()
-            log_w, accept, transitions = _anneal(log_joint, betas, eps, settings.leapfrog_steps, settings.step_jitter,
-                                                 z0, reverse, bar)
+            sub = {k: v[lo:hi] if torch.is_tensor(v) and v.dim() > 0 and v.shape[0] == n else v
+                   for k, v in batch.items()}
+            log_joint = LogJoint(model, sub, rows, max_plate_nesting,
+                                 observed=_chain_expand(observed, lo, hi, rows, max_plate_nesting))
+            z0 = (log_joint.flatten(_chain_expand(start, lo, hi, rows, max_plate_nesting)) if reverse
+                  else log_joint.prior_sample())
+            given = None if step_sizes is None else step_sizes[:, lo:hi]
+            log_w, accept, transitions, used = _anneal(log_joint, betas, settings, z0, reverse, bar, given)
             log_ws.append(log_w)
-            sizes.append(eps)
+            sizes.append(used)
             accepts.append(accept * (hi - lo))
-            row_evals += (1 + transitions * settings.leapfrog_steps) * c * (hi - lo)
     log_w = torch.cat(log_ws, dim=1)
-    step_sizes = torch.cat(sizes, dim=1)
     lme = torch.logsumexp(log_w, 0) - math.log(c)
     log_px = -lme if reverse else lme  # reverse: log_w estimates log 1/p(x)
-    mean_step = step_sizes[1:-1].mean().item() if len(betas) > 2 else math.nan  # the transitions' step sizes
-    return AISResult(log_px=log_px.float(), log_weights=log_w.float(), step_sizes=step_sizes,
-                     accept_rate=sum(accepts) / n, step_size=mean_step,
-                     wall_s=time.perf_counter() - started, row_evals=row_evals, tune_row_evals=tune_evals,
-                     tune_s=tune_s, direction="reverse" if reverse else "forward")
+    passes = transitions + (PILOT_WARMUP if step_sizes is None else 0)
+    used = torch.cat(sizes, dim=1)
+    return AISResult(log_px=log_px.float(), log_weights=log_w.float(), step_sizes=used,
+                     accept_rate=sum(accepts) / n, step_size=used.mean().item(),
+                     wall_s=time.perf_counter() - started,
+                     row_evals=(1 + passes * settings.leapfrog_steps) * c * n,
+                     pilot_row_evals=(1 + passes * settings.leapfrog_steps) * (rows - c) * n,
+                     direction="reverse" if reverse else "forward")
 
 
 def _chain_expand(values: dict | None, lo: int, hi: int, chains: int, max_plate_nesting: int):

@@ -88,7 +88,7 @@ def continuous_estimates(model, guide, data: dict, settings: GapSettings = GapSe
     result = ais(model, data, a, max_plate_nesting, progress=progress, desc="AIS")
     log_px = Estimate.log_mean_exp(result.log_weights, (
         f"AIS: {a.num_steps} {a.schedule} steps, {a.num_chains} chains, HMC with {a.leapfrog_steps} leapfrog steps and "
-        f"step sizes tuned on {a.tune_chains} pilot chains then frozen (a stochastic lower bound; MC error by the "
+        f"step sizes set by {a.pilot_chains} pilot chains per point (a stochastic lower bound; MC error by the "
         "delta method over chains)"))
     details["ais"] = ais_diagnostics(result)
     if settings.convergence_points > 0:
@@ -142,8 +142,8 @@ def continuous_estimates(model, guide, data: dict, settings: GapSettings = GapSe
 
 def ais_diagnostics(result) -> dict:
     return {"accept_rate": result.accept_rate, "mean_step_size": result.step_size, "wall_s": round(result.wall_s, 1),
-            "tune_s": round(result.tune_s, 1), "row_evals": result.row_evals, "tune_row_evals": result.tune_row_evals,
-            "leapfrog_chain_points_per_s": (result.row_evals + result.tune_row_evals) / result.wall_s}
+            "row_evals": result.row_evals, "pilot_row_evals": result.pilot_row_evals,
+            "leapfrog_chain_points_per_s": (result.row_evals + result.pilot_row_evals) / result.wall_s}
 
 
 def ais_doubling(model, data: dict, settings: AISSettings, result, points: int, max_plate_nesting: int = 1,

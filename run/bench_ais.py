@@ -2,7 +2,7 @@
 """AIS throughput, as ratios measured in one process (the machine is shared and noisy).
 
 Runs ``inference.ais.ais`` on the VAE of Cremer et al. (decoder 50-200-200-784; a trained run's
-weights with --checkpoint, else the untrained network: the cost does not depend on the weights)
+weights and training points with --checkpoint, else the untrained network on random images)
 and reports leapfrog steps x chains x points per second, pilot chains included, and the GFLOP/s
 of decoder work (forward and gradient with respect to z: 2 x 2 x multiply-adds per row) against
 the float32 matmul peak measured in the same process, alternating blocks of each.
@@ -34,13 +34,16 @@ def matmul_seconds(n: int = 1024) -> float:
     return time.perf_counter() - started
 
 
-def load_model(checkpoint: str | None):
+def model_and_points(checkpoint: str | None, points: int):
+    """The run's model and its first training points, or the untrained VAE and random binary images."""
     if checkpoint is None:
         torch.manual_seed(0)
-        return VAE(VAEConfig())
+        model = VAE(VAEConfig())
+        return model, torch.bernoulli(torch.full((points, model.config.data_dim), 0.2))
     from experiments.run_dir import load_run
 
-    return load_run(checkpoint).built.model
+    run = load_run(checkpoint)
+    return run.built.model, run.experiment.evaluation_points(run.data, points, "train")["x"]
 
 
 def main(argv=None) -> int:
@@ -55,27 +58,26 @@ def main(argv=None) -> int:
     p.add_argument("--out", help="also write the figures to this JSON file")
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
-    model = load_model(args.checkpoint)
-    x = torch.bernoulli(torch.full((args.points, model.config.data_dim), 0.2, generator=None))
+    model, x = model_and_points(args.checkpoint, args.points)
     settings = AISSettings(num_steps=args.steps, num_chains=args.chains, leapfrog_steps=args.leapfrog)
     ais(model.model, {"x": x[:2]}, AISSettings(num_steps=3, num_chains=2, leapfrog_steps=2))  # warm-up
-    rates, peaks, pilot_shares = [], [], []
+    rates, peaks, pilot_shares = [], [], []  # pilot share: of the rows
     flops_per_row = 2 * linear_flops(model.decoder)  # forward + gradient with respect to z
     for _ in range(args.blocks):
         started = time.perf_counter()
         result = ais(model.model, {"x": x}, settings)
         wall = time.perf_counter() - started
-        rows = result.row_evals + getattr(result, "tune_row_evals", 0)
+        rows = result.row_evals + getattr(result, "pilot_row_evals", 0)
         rates.append(rows / wall)
-        pilot_shares.append(getattr(result, "tune_s", 0.0) / wall)
+        pilot_shares.append(getattr(result, "pilot_row_evals", 0) / rows)
         peaks.append(2 * 1024 ** 3 / min(matmul_seconds() for _ in range(5)) / 1e9)
     rate, peak = statistics.median(rates), statistics.median(peaks)
     gflops = rate * flops_per_row / 1e9
     report = {"rows_per_s": rate, "decoder_gflops_per_s": gflops, "matmul_peak_gflops": peak,
-              "fraction_of_peak": gflops / peak, "pilot_share_of_wall": statistics.median(pilot_shares),
+              "fraction_of_peak": gflops / peak, "pilot_share_of_rows": statistics.median(pilot_shares),
               "settings": vars(args)}
     print(f"AIS: {rate:.0f} leapfrog steps x chains x points / s (pilot chains included; "
-          f"{100 * report['pilot_share_of_wall']:.0f}% of the wall time in the pilot), {gflops:.1f} GFLOP/s of "
+          f"{100 * report['pilot_share_of_rows']:.0f}% of them pilot rows), {gflops:.1f} GFLOP/s of "
           f"decoder work = {100 * gflops / peak:.0f}% of the {peak:.0f} GFLOP/s matmul peak measured alongside")
     if args.out:
         Path(args.out).write_text(json.dumps(report, indent=2) + "\n")
