@@ -14,17 +14,17 @@ from pyro.poutine.indep_messenger import IndepMessenger
 from pyro.poutine.util import site_is_subsample
 from torch import nn
 
-from .scaling import latent_scale
+from pyro_models.core import DATA_PLATE, latent_scale, unique_name
 
-DATA_PLATE = "data"
+from .sources import call_encoder
 
 
-def with_auxiliary(model, reverse):
-    """``model`` plus the auxiliary sites sampled by ``reverse(latents, **kwargs)``.
+def with_auxiliary(model, reverse, data_plate: str = DATA_PLATE):
+    """``model`` plus the auxiliary sites sampled by ``reverse(latents, *args, **kwargs)``.
 
     The model runs under a nested ``poutine.trace`` (every outer handler, replay and plates
     included, still sees each of its sites); its latent values are then handed to ``reverse``,
-    which is called inside the model's per-datapoint plate ``data``.
+    which is called inside the model's per-datapoint plate (``data_plate``).
     """
 
     def model_with_auxiliary(*args, **kwargs):
@@ -36,11 +36,11 @@ def with_auxiliary(model, reverse):
                 continue
             latents[name] = site["value"]
             for frame in site["cond_indep_stack"]:
-                if frame.name == DATA_PLATE:
+                if frame.name == data_plate:
                     size = frame.size
         if size is None:
-            raise ValueError(f"with_auxiliary: the model has no latent site inside a {DATA_PLATE!r} plate")
-        with _SamePlate(DATA_PLATE, size, dim=-1):
+            raise ValueError(f"with_auxiliary: the model has no latent site inside a {data_plate!r} plate")
+        with _SamePlate(data_plate, size, dim=-1):
             reverse(latents, *args, **kwargs)
         return result
 
@@ -63,8 +63,10 @@ class AuxiliaryReverse(nn.Module):
     features; ``aux_sites`` maps a latent site name to (its dim, the aux site's name and dim).
     """
 
-    def __init__(self, aux_sites: dict, encoder: nn.Module, encoder_dim: int, hidden: int = 100):
+    def __init__(self, aux_sites: dict, encoder: nn.Module, encoder_dim: int, hidden: int = 100,
+                 name: str | None = None):
         super().__init__()
+        self.name = name or unique_name("aux_reverse")
         self.aux_sites = dict(aux_sites)
         self.encoder = encoder
         self.nets = nn.ModuleDict({
@@ -73,9 +75,9 @@ class AuxiliaryReverse(nn.Module):
             for name, (z_dim, _, v_dim) in self.aux_sites.items()
         })
 
-    def forward(self, latents: dict, *args, latent_scales=None, **kwargs):
-        pyro.module("aux_reverse", self)
-        features = self.encoder(*args, **kwargs)
+    def forward(self, latents: dict, *args, latent_scales=None, idx=None, num_data=None, batch_size=None, **kwargs):
+        pyro.module(self.name, self)
+        features = call_encoder(self.encoder, args, kwargs)
         for name, (_, aux_name, _) in self.aux_sites.items():
             z = latents[name]
             h = features.expand(z.shape[:-1] + features.shape[-1:])

@@ -8,7 +8,7 @@ import pyro
 import torch
 from torch import nn
 
-from .sites import LatentSite
+from pyro_models.core import LatentSite
 
 
 class Family(nn.Module):

@@ -34,11 +34,13 @@ from pyro import distributions as dist
 from pyro.distributions import constraints
 from torch import nn
 
+from pyro_models.core import softplus_inverse
+
 from .family import Family
 
 LOG_2PI = math.log(2 * math.pi)
 MIN_SCALE = 1e-4
-_RAW_UNIT_SCALE = math.log(math.expm1(1.0 - MIN_SCALE))  # softplus^-1(1 - MIN_SCALE)
+_RAW_UNIT_SCALE = softplus_inverse(1.0 - MIN_SCALE)
 
 
 def _base(params: torch.Tensor, d: int):

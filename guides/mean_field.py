@@ -1,10 +1,10 @@
 """Mean-field (fully factorised) families: diagonal Gaussian for real sites, independent
 Bernoulli bits for binary sites."""
-import math
-
 import torch
 import torch.nn.functional as F
 from pyro import distributions as dist
+
+from pyro_models.core import softplus_inverse
 
 from .family import Family
 
@@ -27,7 +27,7 @@ class MeanFieldNormal(Family):
     def prior_params(self) -> torch.Tensor:
         """Parameters of N(0, I), the starting point of a local guide initialised at the prior."""
         loc = torch.zeros(self.site.dim)
-        raw = torch.full((self.site.dim,), math.log(math.expm1(1.0 - self.min_scale)))
+        raw = torch.full((self.site.dim,), softplus_inverse(1.0 - self.min_scale))
         return torch.cat([loc, raw])
 
 

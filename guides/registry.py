@@ -18,9 +18,3 @@ def guide_family(name: str):
         return GUIDE_FAMILIES[name]
     except KeyError:
         raise KeyError(f"unknown guide {name!r}; choose from: {', '.join(GUIDE_FAMILIES)}") from None
-
-
-def applicable_guides(sites) -> list[str]:
-    """Names of the families that can serve every one of the given sites."""
-    supports = {site.support for site in sites}
-    return [name for name, cls in GUIDE_FAMILIES.items() if supports <= set(cls.supports)]

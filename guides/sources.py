@@ -1,4 +1,5 @@
 """Where a guide's per-datapoint parameters come from: an encoder, or a free table."""
+import inspect
 from collections.abc import Sequence
 
 import torch
@@ -19,8 +20,31 @@ class AmortisedParams(nn.Module):
         else:
             self.head = nn.Linear(encoder_dim, sum(param_dims))
 
-    def forward(self, data: dict, idx: torch.Tensor | None) -> torch.Tensor:
-        return self.head(self.encoder(**data))
+    def forward(self, args: tuple, data: dict, idx: torch.Tensor | None, batch: int | None = None) -> torch.Tensor:
+        return self.head(call_encoder(self.encoder, args, data))
+
+
+def call_encoder(encoder: nn.Module, args: tuple, data: dict) -> torch.Tensor:
+    """The encoder on the data as the model got it. A keyword encoder (the library's take
+    ``forward(x, **unused)``) gets every argument; a plain network such as ``nn.Sequential``
+    (``forward(input)``) gets the one data tensor positionally."""
+    if _takes_keywords(encoder, data):
+        return encoder(*args, **data)
+    if args:
+        return encoder(*args)
+    tensors = [value for value in data.values() if torch.is_tensor(value)]
+    if len(tensors) == 1:
+        return encoder(tensors[0])
+    raise TypeError(f"the encoder {type(encoder).__name__} takes neither the data keywords {sorted(data)} nor one "
+                    "tensor: give it a forward(**data) (e.g. wrap it in pyro_models.networks.KeywordInput)")
+
+
+def _takes_keywords(encoder: nn.Module, data: dict) -> bool:
+    parameters = inspect.signature(encoder.forward).parameters.values()
+    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters):
+        return True
+    names = {p.name for p in parameters if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)}
+    return set(data) <= names
 
 
 class BlockHead(nn.Module):
@@ -46,9 +70,13 @@ class LocalParams(nn.Module):
         super().__init__()
         self.table = nn.Parameter(initial_row.detach().expand(num_points, -1).clone())
 
-    def forward(self, data: dict, idx: torch.Tensor | None) -> torch.Tensor:
+    def forward(self, args: tuple, data: dict, idx: torch.Tensor | None, batch: int | None = None) -> torch.Tensor:
+        """Rows ``idx``; without ``idx``, a batch of exactly the table's size is the whole table in order."""
         if idx is None:
-            raise ValueError("a local guide needs the data point ids: call it with idx=...")
+            if batch != self.table.shape[0]:
+                raise ValueError(f"a local guide of {self.table.shape[0]} points called on a batch of {batch}: call it "
+                                 "(and the model) with idx=..., the points' rows in its table")
+            return self.table
         return self.table[idx]
 
     @torch.no_grad()

@@ -1,10 +1,17 @@
-"""The runner, the objectives and the estimators."""
+"""The runner, the objectives and the estimators: importance sampling (ELBO, IWAE-K), AIS and
+BDMC, local optimisation of q*, and the inference-gap report with its own checks."""
+from .ais import AISResult, AISSettings, ais, bdmc, simulate
+from .gap_estimates import Estimate, GapEstimates
+from .gap_report import GapCheckWarning, GapSettings, gap_report
 from .importance import ImportanceResult, evaluate_importance, reduce_log_weights
-from .log_weights import log_weights
+from .local_opt import LocalOptResult, LocalOptSettings, optimise_local
+from .log_weights import SiteMismatch, check_sites_match, log_weights
 from .objectives import ElboObjective, LossObjective
 from .runner import TrainingDiverged, TrainingInterrupted, TrainSettings, train
 
 __all__ = [
-    "ImportanceResult", "evaluate_importance", "reduce_log_weights", "log_weights", "ElboObjective",
-    "LossObjective", "TrainingDiverged", "TrainingInterrupted", "TrainSettings", "train",
+    "AISResult", "AISSettings", "ElboObjective", "Estimate", "GapCheckWarning", "GapEstimates", "GapSettings",
+    "ImportanceResult", "LocalOptResult", "LocalOptSettings", "LossObjective", "SiteMismatch", "TrainSettings",
+    "TrainingDiverged", "TrainingInterrupted", "ais", "bdmc", "check_sites_match", "evaluate_importance",
+    "gap_report", "log_weights", "optimise_local", "reduce_log_weights", "simulate", "train",
 ]

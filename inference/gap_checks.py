@@ -71,22 +71,22 @@ def tolerance_check(value: float, se: float, tolerance: float, what: str, remedy
     return _check(PASS, **values)
 
 
-# name: (details key, value key, what the value is, its flag)
+# name: (details key, value key, the check, what the value is, its flag)
 AIS_CONVERGENCE = {
-    "ais_doubling": ("ais_convergence", "change", "AIS with twice the steps on {points} points moved log p(x) by",
-                     "--convergence-points"),
-    "bdmc_bracket": ("bdmc_simulated", "width", "BDMC on {points} points simulated from the model leaves a bracket of",
-                     "--bdmc-points"),
+    "ais_doubling": ("ais_convergence", "change", "the doubled-AIS check",
+                     "AIS with twice the steps on {points} points moved log p(x) by", "--convergence-points"),
+    "bdmc_bracket": ("bdmc_simulated", "width", "BDMC",
+                     "BDMC on {points} points simulated from the model leaves a bracket of", "--bdmc-points"),
 }
 
 
 def ais_checks(details: dict, tolerance: float) -> dict:
     """The doubled-AIS check and the BDMC bracket, and whether they agree."""
     out = {}
-    for name, (key, value, what, flag) in AIS_CONVERGENCE.items():
+    for name, (key, value, label, what, flag) in AIS_CONVERGENCE.items():
         measured = details.get(key)
         if measured is None:
-            out[name] = _check(NOT_RUN, f"not run ({flag} N)")
+            out[name] = _check(NOT_RUN, f"{label} was not run ({flag} N)")
         else:
             out[name] = tolerance_check(measured[value], measured[f"{value}_mc_se"], tolerance,
                                         what.format(points=measured["points"]),

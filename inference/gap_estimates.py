@@ -33,12 +33,6 @@ class Estimate:
         return cls(value.detach().double(), torch.zeros_like(value, dtype=torch.float64), method)
 
     @classmethod
-    def sample_mean(cls, samples: torch.Tensor, method: str) -> "Estimate":
-        """The mean over dim 0 of (S, N) independent per-point samples (an ELBO's log-weights)."""
-        var, _ = monte_carlo_variances(samples.detach())
-        return cls(samples.detach().double().mean(0), var, method)
-
-    @classmethod
     def log_mean_exp(cls, log_weights: torch.Tensor, method: str) -> "Estimate":
         """log of the mean over dim 0 of (S, N) importance weights (IWAE, IS, AIS over chains), with
         the delta-method variance var(w / mean w) / S: the error of the log of a mean of weights."""

@@ -31,6 +31,7 @@ from .gap_checks import check_lines, consistency_checks, converged
 from .gap_estimates import Estimate, GapEstimates, summarise
 from .importance import evaluate_importance
 from .local_opt import LocalOptSettings, optimise_local
+from .log_weights import DATA_PLATE
 
 
 class GapCheckWarning(UserWarning):
@@ -58,6 +59,11 @@ def _local_skip_reason(guide, init: str) -> str | None:
     return None
 
 
+def plate_name_of(model) -> str:
+    """The per-datapoint plate of a library model's ``model`` method, else "data"."""
+    return getattr(getattr(model, "__self__", None), "plate_name", DATA_PLATE)
+
+
 def _modules_of(*programs) -> list[nn.Module]:
     """The modules behind bound methods like ``vae.model``: held fixed while q* is fitted."""
     found = []
@@ -69,8 +75,8 @@ def _modules_of(*programs) -> list[nn.Module]:
 
 
 def continuous_estimates(model, guide, data: dict, settings: GapSettings = GapSettings(), *, guide_model=None,
-                         local_guide=None, frozen_modules=(), max_plate_nesting: int = 1,
-                         progress: bool = False) -> GapEstimates:
+                         local_guide=None, frozen_modules=(), max_plate_nesting: int = 1, progress: bool = False,
+                         data_plate: str | None = None) -> GapEstimates:
     """log p(x) by AIS, L[q] and IWAE-K, and L[q*], per point (see the module docstring).
 
     ``guide_model``: the program the guide is scored against (default ``model``; an auxiliary
@@ -78,14 +84,17 @@ def continuous_estimates(model, guide, data: dict, settings: GapSettings = GapSe
     families q* takes (default ``guide``; q* starts from ``local_guide``'s own output when
     ``settings.local.init`` is "amortised"). ``frozen_modules``: held fixed while q* is fitted
     (by default the modules behind ``model`` and ``guide_model`` when they are bound methods).
+    ``data_plate``: the name of the per-datapoint plate (default: the model's ``plate_name``, else
+    "data").
     """
     guide_model = model if guide_model is None else guide_model
+    plate = data_plate or plate_name_of(model)
     data = {k: v for k, v in data.items() if k != "idx"}
     details, timings = {}, {}
 
     t = time.perf_counter()
     a = settings.ais
-    result = ais(model, data, a, max_plate_nesting, progress=progress, desc="AIS")
+    result = ais(model, data, a, max_plate_nesting, progress=progress, desc="AIS", data_plate=plate)
     log_px = Estimate.log_mean_exp(result.log_weights, (
         f"AIS: {a.num_steps} {a.schedule} steps, {a.num_chains} chains, HMC with {a.leapfrog_steps} leapfrog steps and "
         f"step sizes set by {a.pilot_chains} pilot chains per point (a stochastic lower bound; MC error by the "
@@ -93,17 +102,19 @@ def continuous_estimates(model, guide, data: dict, settings: GapSettings = GapSe
     details["ais"] = ais_diagnostics(result)
     if settings.convergence_points > 0:
         details["ais_convergence"] = ais_doubling(model, data, a, result, settings.convergence_points,
-                                                  max_plate_nesting, progress)
+                                                  max_plate_nesting, progress, plate)
     if settings.bdmc_points > 0:
         m = min(settings.bdmc_points, result.log_px.numel())
-        details["bdmc_simulated"] = bdmc(model, {k: v[:m] for k, v in data.items()}, a, max_plate_nesting, progress)
+        details["bdmc_simulated"] = bdmc(model, {k: v[:m] for k, v in data.items()}, a, max_plate_nesting, progress,
+                                         data_plate=plate)
     timings["log_px_s"] = round(time.perf_counter() - t, 1)
 
     t = time.perf_counter()
     amortised = evaluate_importance(guide_model, guide, data, settings.elbo_samples, max_plate_nesting,
-                                    progress=progress, desc="L[q]")
+                                    progress=progress, desc="L[q]", data_plate=plate)
     iwae = amortised if settings.iwae_k == settings.elbo_samples else evaluate_importance(
-        guide_model, guide, data, settings.iwae_k, max_plate_nesting, progress=progress, desc=f"IWAE-{settings.iwae_k}")
+        guide_model, guide, data, settings.iwae_k, max_plate_nesting, progress=progress, desc=f"IWAE-{settings.iwae_k}",
+        data_plate=plate)
     timings["amortised_s"] = round(time.perf_counter() - t, 1)
 
     samples = f"{settings.elbo_samples} samples per point"
@@ -122,9 +133,9 @@ def continuous_estimates(model, guide, data: dict, settings: GapSettings = GapSe
         t = time.perf_counter()
         frozen = [*frozen_modules] or _modules_of(model, guide_model)
         opt = optimise_local(guide_model, local_guide, data, settings.local, frozen_modules=frozen,
-                             max_plate_nesting=max_plate_nesting, progress=progress)
+                             max_plate_nesting=max_plate_nesting, progress=progress, data_plate=plate)
         local = evaluate_importance(guide_model, opt.points_guide(), data, settings.elbo_samples, max_plate_nesting,
-                                    progress=progress, desc="L[q*]")
+                                    progress=progress, desc="L[q*]", data_plate=plate)
         details["local_opt"] = {"init": settings.local.init, "steps": opt.steps, "max_steps": settings.local.max_steps,
                                 "converged": opt.converged, "lr": settings.local.lr,
                                 "particles": settings.local.num_particles, "history": opt.history}
@@ -147,13 +158,13 @@ def ais_diagnostics(result) -> dict:
 
 
 def ais_doubling(model, data: dict, settings: AISSettings, result, points: int, max_plate_nesting: int = 1,
-                 progress: bool = False) -> dict:
+                 progress: bool = False, data_plate: str = DATA_PLATE) -> dict:
     """AIS again with twice the steps on the first points: how far the estimate still moves,
     with the Monte Carlo standard error of that change."""
     m = min(points, result.log_px.numel())
     sub = {k: v[:m] for k, v in data.items()}
     double = AISSettings(**{**settings.__dict__, "num_steps": 2 * settings.num_steps})
-    longer = ais(model, sub, double, max_plate_nesting, progress=progress, desc="AIS x2")
+    longer = ais(model, sub, double, max_plate_nesting, progress=progress, desc="AIS x2", data_plate=data_plate)
     base = Estimate.log_mean_exp(result.log_weights[:, :m], "")
     twice = Estimate.log_mean_exp(longer.log_weights, "")
     change = twice.value - base.value
@@ -177,7 +188,7 @@ def assemble(estimates: GapEstimates, tolerance: float = 0.1, log_px_exact: torc
 
 def gap_report(model, guide, data: dict, settings: GapSettings = GapSettings(), *, guide_model=None,
                local_guide=None, frozen_modules=(), max_plate_nesting: int = 1, log_px_exact=None,
-               progress: bool = False, warn: bool = True) -> dict:
+               progress: bool = False, warn: bool = True, data_plate: str | None = None) -> dict:
     """The gap report of ``guide`` on ``model`` at the points in ``data`` (see the module
     docstring and ``continuous_estimates`` for the arguments). Returns a JSON-ready dict: each
     quantity's mean with ``*_mc_se`` (Monte Carlo error given the points) and ``*_point_se``
@@ -185,7 +196,7 @@ def gap_report(model, guide, data: dict, settings: GapSettings = GapSettings(), 
     ``warn``, each check that failed or could not be run is raised as a ``GapCheckWarning``."""
     estimates = continuous_estimates(model, guide, data, settings, guide_model=guide_model, local_guide=local_guide,
                                      frozen_modules=frozen_modules, max_plate_nesting=max_plate_nesting,
-                                     progress=progress)
+                                     progress=progress, data_plate=data_plate)
     report = assemble(estimates, settings.tolerance, log_px_exact)
     if warn:
         for line in check_lines(report["checks"]):

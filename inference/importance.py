@@ -12,7 +12,7 @@ import pyro
 import torch
 from tqdm.auto import tqdm
 
-from .log_weights import log_weights
+from .log_weights import DATA_PLATE, log_weights
 
 
 @dataclass
@@ -69,9 +69,11 @@ def evaluate_importance(
     point_chunk: int = 256,
     progress: bool = False,
     desc: str = "importance sampling",
+    data_plate: str = DATA_PLATE,
 ) -> ImportanceResult:
     """Estimate ELBO, IWAE-K and ESS for every data point in ``data`` (a dict of tensors whose
-    first dimension indexes data points; it is passed to model and guide as keyword arguments)."""
+    first dimension indexes data points; it is passed to model and guide as keyword arguments).
+    ``data_plate``: the model's per-datapoint plate."""
     n = next(iter(data.values())).shape[0]
     point_chunk = max(1, min(point_chunk, n, max_rows))
     particle_chunk = max(1, min(num_particles, max_rows // point_chunk))
@@ -83,7 +85,7 @@ def evaluate_importance(
         for done in range(0, num_particles, particle_chunk):
             k = min(particle_chunk, num_particles - done)
             with pyro.validation_enabled(not results and not chunks):  # check the first pass only
-                chunks.append(log_weights(model, guide, k, max_plate_nesting, **batch))
+                chunks.append(log_weights(model, guide, k, max_plate_nesting, data_plate=data_plate, **batch))
         lw = torch.cat(chunks)
         results.append((*reduce_log_weights(lw), *monte_carlo_variances(lw)))
     elbo, iwae, ess, elbo_var, iwae_var = (torch.cat(parts) for parts in zip(*results))

@@ -21,7 +21,7 @@ from tqdm.auto import tqdm
 from guides.guide import Guide
 from guides.sources import LocalParams
 
-from .log_weights import log_weights
+from .log_weights import DATA_PLATE, log_weights
 
 
 @dataclass
@@ -66,14 +66,15 @@ def local_guide_like(guide: Guide, num_points: int, init_params: torch.Tensor | 
     """A local guide of the same families (shared modules) as ``guide``, one row per point,
     initialised at ``init_params`` (N, param_dim) or at each family's prior parameters."""
     prior_row = torch.cat([family.prior_params() for family in guide.families])
-    local = Guide(list(guide.families), LocalParams(num_points, prior_row))
+    local = Guide(list(guide.families), LocalParams(num_points, prior_row), plate_name=guide.plate_name)
     if init_params is not None:
         local.source.set_rows(torch.arange(num_points), init_params)
     return local
 
 
 def optimise_local(model, guide: Guide, batch: dict, settings: LocalOptSettings = LocalOptSettings(),
-                   frozen_modules=(), max_plate_nesting: int = 1, progress: bool = False) -> LocalOptResult:
+                   frozen_modules=(), max_plate_nesting: int = 1, progress: bool = False,
+                   data_plate: str = DATA_PLATE) -> LocalOptResult:
     """q* for every point of ``batch`` (model keyword arguments; an ``idx`` there is dropped, the
     points are numbered 0..N-1 for the local table and only the guide sees those numbers, so the
     model need not take an ``idx`` argument). ``model`` is the program the guide is scored against
@@ -96,7 +97,8 @@ def optimise_local(model, guide: Guide, batch: dict, settings: LocalOptSettings 
         warnings.filterwarnings("ignore", message=".*not registered in the param store because requires_grad=False")
         while step < settings.max_steps:
             optimizer.zero_grad(set_to_none=True)
-            elbo = log_weights(model, local_guide, settings.num_particles, max_plate_nesting, **batch).mean(0)
+            elbo = log_weights(model, local_guide, settings.num_particles, max_plate_nesting, data_plate=data_plate,
+                               **batch).mean(0)
             (-elbo.sum()).backward()
             optimizer.step()
             window.append(elbo.detach())

@@ -11,18 +11,20 @@ from pyro import poutine
 from pyro.distributions.util import scale_and_mask
 from pyro.poutine.util import site_is_subsample
 
-DATA_PLATE = "data"
+from pyro_models.core import DATA_PLATE
 
 
-def log_weights(model, guide, num_particles: int, max_plate_nesting: int = 1, **batch) -> torch.Tensor:
-    """Tensor (num_particles, batch size): one log-weight per particle and data point."""
+def log_weights(model, guide, num_particles: int, max_plate_nesting: int = 1, *, data_plate: str = DATA_PLATE,
+                **batch) -> torch.Tensor:
+    """Tensor (num_particles, batch size): one log-weight per particle and data point.
+    ``data_plate``: the name of the model's per-datapoint plate."""
     particle_dim = -(max_plate_nesting + 1)
     with pyro.plate("particles", num_particles, dim=particle_dim):
         guide_trace = poutine.trace(guide).get_trace(**batch)
         model_trace = poutine.trace(poutine.replay(model, trace=guide_trace)).get_trace(**batch)
     check_sites_match(model_trace, guide_trace)
-    log_p = _sum_sites(model_trace, num_particles, max_plate_nesting, latent_only=False)
-    log_q = _sum_sites(guide_trace, num_particles, max_plate_nesting, latent_only=True)
+    log_p = sum_sites(model_trace, num_particles, max_plate_nesting, latent_only=False, data_plate=data_plate)
+    log_q = sum_sites(guide_trace, num_particles, max_plate_nesting, latent_only=True, data_plate=data_plate)
     return log_p - log_q
 
 
@@ -63,7 +65,8 @@ def check_sites_match(model_trace, guide_trace) -> None:
             "name (e.g. guides.build_guide(family, model.latent_sites, ...))")
 
 
-def _sum_sites(trace, num_particles: int, max_plate_nesting: int, latent_only: bool, names=None) -> torch.Tensor:
+def sum_sites(trace, num_particles: int, max_plate_nesting: int, latent_only: bool, names=None,
+              data_plate: str = DATA_PLATE) -> torch.Tensor:
     """Sum of the (unscaled) log-densities of a trace's sample sites, as (particles, points);
     ``names``: only these sites (default: all, or the latent ones with ``latent_only``)."""
     rank = max_plate_nesting + 1  # position 0 is the particles plate
@@ -74,14 +77,14 @@ def _sum_sites(trace, num_particles: int, max_plate_nesting: int, latent_only: b
         if names is not None and name not in names:
             continue
         dims = {frame.name: frame.dim for frame in site["cond_indep_stack"]}
-        if DATA_PLATE not in dims:
+        if data_plate not in dims:
             raise ValueError(
-                f"site {name!r} is outside the {DATA_PLATE!r} plate: per-datapoint importance "
-                "weights need every sample site inside it"
+                f"site {name!r} is outside the {data_plate!r} plate: per-datapoint importance weights need every "
+                "sample site inside it (a per-datapoint plate of another name: pass data_plate=its name)"
             )
         log_prob = scale_and_mask(site["fn"].log_prob(site["value"]), mask=site["mask"])
         log_prob = log_prob.reshape((1,) * (rank - log_prob.dim()) + log_prob.shape)
-        data_pos = rank + dims[DATA_PLATE]
+        data_pos = rank + dims[data_plate]
         other = [d for d in range(1, rank) if d != data_pos]  # plates nested inside a data point
         if other:
             log_prob = log_prob.sum(other, keepdim=True)

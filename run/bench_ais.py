@@ -40,7 +40,7 @@ def model_and_points(checkpoint: str | None, points: int):
         torch.manual_seed(0)
         model = VAE(VAEConfig())
         return model, torch.bernoulli(torch.full((points, model.config.data_dim), 0.2))
-    from experiments.run_dir import load_run
+    from lvm_app.run_dir import load_run
 
     run = load_run(checkpoint)
     return run.built.model, run.experiment.evaluation_points(run.data, points, "train")["x"]

@@ -20,12 +20,19 @@ import torch  # noqa: E402
 from pyro.infer import TraceMeanField_ELBO  # noqa: E402
 from torch.nn import functional as F  # noqa: E402
 
-from experiments.data.compile_sequences import SequenceSpec, training_batches  # noqa: E402
 from inference import ElboObjective  # noqa: E402
-from pyro_models.compile import (CompILE, CompILEConfig, SegmentedCategorical, boundary_prior_logits,  # noqa: E402
-                                 next_remainder, position_masks, segment_weight,
-                                 transition_support)
-from pyro_models.compile_guide import CompILEGuide  # noqa: E402
+from pyro_models.compile.data import SequenceSpec, training_batches  # noqa: E402
+from pyro_models.compile.guide import CompILEGuide  # noqa: E402
+from pyro_models.compile.model import (  # noqa: E402
+    CompILE,
+    CompILEConfig,
+    SegmentedCategorical,
+    boundary_prior_logits,
+    next_remainder,
+    position_masks,
+    segment_weight,
+    transition_support,
+)
 
 
 def plain_loss(model: CompILE, guide: CompILEGuide, tokens, lengths):

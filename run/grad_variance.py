@@ -34,11 +34,11 @@ import pyro  # noqa: E402
 import torch  # noqa: E402
 from pyro.infer import TraceGraph_ELBO, TraceMeanField_ELBO  # noqa: E402
 
-from experiments.data import DataDir  # noqa: E402
-from experiments.lfm import Baselines, LFMExperiment, LFMSettings  # noqa: E402
 from guides import ConcreteBernoulli  # noqa: E402
 from inference import ElboObjective  # noqa: E402
-from pyro_models.lfm import LFMConfig  # noqa: E402
+from pyro_models.datasets import DataDir  # noqa: E402
+from pyro_models.lfm.experiment import Baselines, LFMExperiment, LFMSettings  # noqa: E402
+from pyro_models.lfm.model import LFMConfig  # noqa: E402
 
 
 def load_run(run: Path):

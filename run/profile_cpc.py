@@ -16,10 +16,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a check
 
 import torch  # noqa: E402
 
-from experiments.data import DataDir, DataError  # noqa: E402
-from experiments.data.speech import SAMPLE_RATE, WindowBatches, load_fsdd  # noqa: E402
 from inference.infonce import MODES, info_nce  # noqa: E402
-from pyro_models.cpc import CPC, CPCConfig  # noqa: E402
+from pyro_models.cpc.data import SAMPLE_RATE, WindowBatches, load_fsdd  # noqa: E402
+from pyro_models.cpc.model import CPC, CPCConfig  # noqa: E402
+from pyro_models.datasets import DataDir, DataError  # noqa: E402
 
 PHASES = ("encoder forward", "GRU forward", "W_k + InfoNCE", "backward", "Adam")
 

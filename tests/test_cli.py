@@ -8,10 +8,10 @@ import time
 
 import pytest
 import torch
-
 from conftest import ROOT
-from experiments.registry import EXPERIMENTS
 from helpers import module_states_equal, run_cli
+
+from lvm_app.registry import EXPERIMENTS
 
 # Every registered model must be listed here (a test below fails otherwise), with the flags
 # that make its two-step run fast.
@@ -75,6 +75,8 @@ def test_help_lists_models_guides_and_datasets():
         assert name in text, name
     model_help = run_cli("--model", "vae", "--help")
     assert "--latent-dim" in model_help.stdout and "--iwae-k" in model_help.stdout
+    assert "real-site families" in " ".join(model_help.stdout.split())  # which guides apply, and why
+    assert "lfm: latent factor" in text and "(guides: bernoulli, concrete)" in text
 
 
 @pytest.mark.parametrize("flags, named", [
@@ -83,6 +85,10 @@ def test_help_lists_models_guides_and_datasets():
     (["--model", "vae", "--dataset", "nope"], "binarized_mnist"),
     (["--model", "vae", "--steps", "0"], "--steps"),
     (["--model", "vae", "--latent-dim", "x"], "latent"),
+    (["--model", "lfm", "--guide", "ffg"], "z is a vector of K bits"),  # the reason, not just the choices
+    (["--model", "vae", "--guide", "bernoulli"], "real vectors"),
+    (["--model", "compile", "--guide", "realnvp"], "its own structured guide"),
+    (["--model", "cpc", "--guide", "ffg"], "takes no --guide"),
 ])
 def test_bad_usage_exits_2_naming_the_valid_choices(flags, named):
     result = run_cli(*flags)

@@ -5,7 +5,7 @@ import pytest
 import scipy.io
 import torch
 
-from experiments.data import (
+from pyro_models.datasets import (
     COLOUR_IMAGE_DATASETS,
     IMAGE_DATASETS,
     DataDir,
@@ -13,7 +13,7 @@ from experiments.data import (
     shapes3d,
     svhn,
 )
-from experiments.data.files import md5_of
+from pyro_models.datasets.files import md5_of
 
 
 def write_svhn(path, n: int, rng) -> dict:

@@ -5,14 +5,22 @@ import torch
 from pyro import poutine
 from pyro.infer import Predictive, Trace_ELBO, TraceMeanField_ELBO
 
-from experiments.data.compile_sequences import (SequenceSpec, generate, heldout_batch, seeded_generator,
-                                                training_batches)
-from experiments.compile import discrete_test_nll
 from inference import ElboObjective
-from pyro_models.compile import (CompILE, CompILEConfig, RelaxedCategoricalWithDiscreteKL, boundary_counts,
-                                 boundary_prior_logits, f1_score, poisson_length_table, reconstruct,
-                                 reconstruction_accuracy, transition_support)
-from pyro_models.compile_guide import CompILEGuide
+from pyro_models.compile.data import SequenceSpec, generate, heldout_batch, seeded_generator, training_batches
+from pyro_models.compile.experiment import discrete_test_nll
+from pyro_models.compile.guide import CompILEGuide
+from pyro_models.compile.model import (
+    CompILE,
+    CompILEConfig,
+    RelaxedCategoricalWithDiscreteKL,
+    boundary_counts,
+    boundary_prior_logits,
+    f1_score,
+    poisson_length_table,
+    reconstruct,
+    reconstruction_accuracy,
+    transition_support,
+)
 
 SPEC = SequenceSpec()
 

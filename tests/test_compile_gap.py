@@ -1,4 +1,4 @@
-"""CompILE's gap estimates (experiments/compile_gap.py) against independent paths: brute-force
+"""CompILE's gap estimates (pyro_models/compile/gap.py) against independent paths: brute-force
 enumeration through the Pyro model's traces, Monte Carlo ELBOs from traces of model and guide, and
 quadrature over a 2-dimensional code."""
 import itertools
@@ -10,14 +10,19 @@ import torch
 from pyro import poutine
 from torch import nn
 
-from experiments.compile import CompILEExperiment, ToySequences
-from experiments.compile_gap import (compile_gap_estimates, configuration_log_prior, configuration_segments,
-                                     delta_method, enumerate_configurations, log_sum_configurations)
-from experiments.data.compile_sequences import (SequenceSpec, generate, heldout_batch, seeded_generator,
-                                                training_batches)
 from inference.gap_estimates import GapOptions, summarise
-from pyro_models.compile import CompILE, CompILEConfig, transition_support
-from pyro_models.compile_guide import CompILEGuide
+from pyro_models.compile.data import SequenceSpec, generate, heldout_batch, seeded_generator, training_batches
+from pyro_models.compile.experiment import CompILEExperiment, ToySequences
+from pyro_models.compile.gap import (
+    compile_gap_estimates,
+    configuration_log_prior,
+    configuration_segments,
+    delta_method,
+    enumerate_configurations,
+    log_sum_configurations,
+)
+from pyro_models.compile.guide import CompILEGuide
+from pyro_models.compile.model import CompILE, CompILEConfig, transition_support
 
 SPEC = SequenceSpec()
 

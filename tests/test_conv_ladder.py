@@ -2,7 +2,7 @@
 import pytest
 import torch
 
-from pyro_models.conv_ladder import ConvLadderDecoder, ConvLadderEncoder
+from pyro_models.mfcvae.conv_ladder import ConvLadderDecoder, ConvLadderEncoder
 
 
 @pytest.mark.parametrize("side", [32, 64])

@@ -2,7 +2,7 @@
 import pytest
 import torch
 
-from pyro_models.cpc import CPC, ConvEncoder, CPCConfig, paper_layers, parse_layers, receptive_field
+from pyro_models.cpc.model import CPC, ConvEncoder, CPCConfig, paper_layers, parse_layers, receptive_field
 
 
 def test_paper_encoder_downsamples_by_160():

@@ -5,12 +5,11 @@ import subprocess
 import sys
 
 import pytest
-
 from conftest import ROOT
 from helpers import run_cli
 from speech_fixtures import write_tiny_fsdd
 
-from experiments.cpc import parse_baselines
+from pyro_models.cpc.experiment import parse_baselines
 
 KEYS = ["speaker_acc", "phone_acc", "infonce_acc_k1", "infonce_acc_k4"] + [
     f"baseline_{name}_{task}_acc" for name in ("random", "mfcc", "supervised") for task in ("speaker", "phone")]

@@ -5,8 +5,8 @@ import shutil
 import numpy as np
 import pytest
 
-from experiments.data import DataDir, DataError, load_binarized_mnist, load_digits_binarised, load_mnist
-from experiments.data.mnist import read_idx
+from pyro_models.datasets import DataDir, DataError, load_binarized_mnist, load_digits_binarised, load_mnist
+from pyro_models.datasets.mnist import read_idx
 
 
 def test_binarized_mnist_is_the_larochelle_split(data_dir):
@@ -36,7 +36,7 @@ def test_mnist_corrupt_file_fails_its_md5(tmp_path, data_dir):
 
 
 def test_amat_files_are_read_when_there_is_no_npz(tmp_path, monkeypatch):
-    import experiments.data.binarized_mnist as bm
+    import pyro_models.datasets.binarized_mnist as bm
 
     monkeypatch.setattr(bm, "SPLIT_SIZES", {"train": 5, "valid": 2, "test": 3})
     folder = tmp_path / "binarized_mnist"

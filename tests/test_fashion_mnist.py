@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 import torch
 
-from experiments.data import IMAGE_DATASETS, DataDir, DataError
-from experiments.data.fashion_mnist import FILES, load_fashion_mnist
+from pyro_models.datasets import IMAGE_DATASETS, DataDir, DataError
+from pyro_models.datasets.fashion_mnist import FILES, load_fashion_mnist
 
 
 def write_idx(path, array: np.ndarray):

@@ -1,6 +1,5 @@
 """inference.gap_report on models with closed forms, and its checks on cases built to fail them."""
 import math
-import warnings
 
 import pyro
 import pyro.distributions as dist
@@ -16,7 +15,7 @@ from inference.gap_estimates import Estimate, GapEstimates
 from inference.gap_report import GapCheckWarning, GapSettings, gap_report
 from inference.local_opt import LocalOptSettings
 from pyro_models import LinearGaussian, LinearGaussianConfig
-from pyro_models.mfcvae import MFCVAE, MFCVAEConfig
+from pyro_models.mfcvae.model import MFCVAE, MFCVAEConfig
 from pyro_models.networks import KeywordInput
 
 pytestmark = pytest.mark.usefixtures("one_thread")

@@ -3,7 +3,7 @@ import pyro
 import pyro.distributions as dist
 import torch
 
-from guides.scaling import latent_scale
+from pyro_models.core import latent_scale
 
 
 def model(x, latent_scales=None):

@@ -9,8 +9,11 @@ import pytest
 import torch
 from pyro.infer import TraceGraph_ELBO
 
-from experiments.data.files import DataDir
-from experiments.data.sigmorphon import (
+from guides import ConcreteBernoulli, MeanFieldBernoulli, build_guide
+from guides.relaxed import StraightThroughBernoulli
+from inference import evaluate_importance
+from pyro_models.datasets.files import DataDir
+from pyro_models.lfm.data import (
     EOS,
     PAD,
     BucketedBatches,
@@ -18,11 +21,8 @@ from experiments.data.sigmorphon import (
     encode_words,
     load_sigmorphon,
 )
-from experiments.lfm import Baselines, score_words
-from guides import ConcreteBernoulli, MeanFieldBernoulli, build_guide
-from guides.relaxed import StraightThroughBernoulli
-from inference import evaluate_importance
-from pyro_models.lfm import LatentFactorModel, LFMConfig, bernoulli_kl
+from pyro_models.lfm.experiment import Baselines, score_words
+from pyro_models.lfm.model import LatentFactorModel, LFMConfig, bernoulli_kl
 
 WORDS = ["abacoramos", "ábaco", "niño", "x", "pingüinos", "desabejada", "sí", "comer", "cantaríais", "ala",
          "zz", "queso"]

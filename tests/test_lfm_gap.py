@@ -1,4 +1,4 @@
-"""The LFM's exact gap estimates (experiments/lfm_gap.py, inference/enumeration.py): log p(x)
+"""The LFM's exact gap estimates (pyro_models/lfm/gap.py, inference/enumeration.py): log p(x)
 against a loop over the 2^K codes, the exact L[q] against a Monte Carlo ELBO of the guide
 program, log p(x) >= L[q*] >= L[q], and L[q*] = log p(x) when the posterior is mean-field."""
 import itertools
@@ -7,14 +7,14 @@ import math
 import pytest
 import torch
 
-from experiments.base import Built
-from experiments.data.sigmorphon import SigmorphonData, Vocabulary, encode_words
-from experiments.lfm import LFMExperiment
 from guides import ConcreteBernoulli, MeanFieldBernoulli, build_guide
 from inference.enumeration import all_codes, mean_field_elbo, optimise_mean_field
 from inference.gap_estimates import GapOptions
 from inference.log_weights import log_weights
-from pyro_models.lfm import LatentFactorModel, LFMConfig
+from lvm_app.protocol import Built
+from pyro_models.lfm.data import SigmorphonData, Vocabulary, encode_words
+from pyro_models.lfm.experiment import LFMExperiment
+from pyro_models.lfm.model import LatentFactorModel, LFMConfig
 
 WORDS = ["ábaco", "niño", "x", "comer", "sí", "queso", "ala"]
 

@@ -11,13 +11,13 @@ import pytest
 import torch
 from pyro.infer import TraceGraph_ELBO
 
-from experiments.data.sigmorphon import SigmorphonData, Vocabulary, encode_words
-from experiments.lfm import LFMExperiment, LFMSettings
 from guides import MeanFieldBernoulli, build_guide
 from inference import TrainingInterrupted, TrainSettings, train
 from inference.checkpoint import load_checkpoint
 from inference.metrics_log import read_metrics
-from pyro_models.lfm import LatentFactorModel, LFMConfig, bernoulli_kl
+from pyro_models.lfm.data import SigmorphonData, Vocabulary, encode_words
+from pyro_models.lfm.experiment import LFMExperiment, LFMSettings
+from pyro_models.lfm.model import LatentFactorModel, LFMConfig, bernoulli_kl
 
 WORDS = ["abacoramos", "ábaco", "niño", "x", "pingüinos", "desabejada", "sí", "comer", "cantaríais", "ala",
          "zz", "queso", "perro", "gatos", "hablábamos", "ríe"]
@@ -100,7 +100,7 @@ def all_bits(k):
 def exact_terms(model, guide, words):
     """Per word, by enumerating the 2^K latent values: log p(x), the ELBO, E_q[log p(x | z)] and KL."""
     data = {"tokens": words.tokens, "lengths": words.lengths}
-    logits = guide.params(None, **data)
+    logits = guide.params(**data)
     z = all_bits(model.config.latent_bits).unsqueeze(1)  # (2^K, 1, K)
     log_q = torch.distributions.Bernoulli(logits=logits).log_prob(z).sum(-1)  # (2^K, B)
     log_prior = model.prior(1, words.tokens).log_prob(z)  # (2^K, 1)

@@ -9,13 +9,13 @@ import pytest
 import torch
 from helpers import run_cli
 
-from experiments.clustering import cluster_accuracy, clusters_used, nmi
-from experiments.data import load_digits_binarised
-from experiments.mfcvae import MFCVAEExperiment, MFCVAESettings
 from guides import build_guide
 from guides.mean_field import MeanFieldNormal
 from inference.schedules import progressive_facets
-from pyro_models.mfcvae import MFCVAE, MFCVAEConfig
+from pyro_models.datasets import load_digits_binarised
+from pyro_models.mfcvae.clustering import cluster_accuracy, clusters_used, nmi
+from pyro_models.mfcvae.experiment import MFCVAEExperiment, MFCVAESettings, fit_cluster_means
+from pyro_models.mfcvae.model import MFCVAE, MFCVAEConfig
 
 
 def small_model(covariance="diag") -> MFCVAE:
@@ -131,7 +131,7 @@ def test_gmm_initialisation_finds_separated_clusters():
     model = small_model()
     centres = torch.tensor([[-5.0, 0.0], [5.0, 0.0], [0.0, 5.0], [0.0, -5.0]])
     z0 = (centres.repeat(50, 1) + 0.1 * torch.randn(200, 2)).numpy()
-    model.initialise_clusters([z0, np.random.default_rng(0).normal(size=(200, 3))])
+    model.set_clusters(fit_cluster_means([z0, np.random.default_rng(0).normal(size=(200, 3))], model.config.clusters, 0))
     found = sorted(model.means[0].detach().round().tolist())
     assert found == sorted(centres.tolist())
     assert torch.allclose(model.mixture_weights(0), torch.full((4,), 0.25))
@@ -168,7 +168,7 @@ def test_other_guide_families_train_on_the_facets(guide, tmp_path, fresh_pyro):
 
 def test_convolutional_ladder_on_colour_images(fresh_pyro):
     """--architecture conv with the Gaussian likelihood: one training step and the cluster scores."""
-    from experiments.data import VectorData
+    from pyro_models.datasets import VectorData
 
     generator = torch.Generator().manual_seed(0)
     images = torch.rand(24, 3 * 32 * 32, generator=generator)
@@ -189,7 +189,7 @@ def test_factor_labels_score_each_facet_on_its_best_factor(fresh_pyro):
     data = load_digits_binarised()
     built = MFCVAEExperiment().build(MFCVAEConfig(encoder_backbone=(32, 16), decoder_rungs=(16, 16), decoder_backbone=(16, 16)),
                                      MFCVAESettings(gmm_init_points=200), data, "ffg", local=False)
-    built.label_names = ["digit", "constant"]
+    built.info["label_names"] = ["digit", "constant"]
     labels = torch.stack([data.test_labels, torch.zeros_like(data.test_labels)], dim=1)
     summary = MFCVAEExperiment().clustering_summary(built, data.test, labels, None)
     for j in (0, 1):

@@ -5,11 +5,11 @@ import sys
 import pyro
 import pyro.distributions as dist
 import torch
+from conftest import ROOT
 from pyro import poutine
 from pyro.infer import SVI, Predictive, Trace_ELBO
 
-from conftest import ROOT
-from guides import build_guide, MeanFieldNormal
+from guides import MeanFieldNormal, build_guide
 from pyro_models import VAE, VAEConfig
 
 
@@ -51,6 +51,6 @@ def test_vae_trains_with_a_guide_from_another_module():
 
 
 def test_models_import_without_torchvision_or_torchaudio():
-    code = ("import sys, pyro_models, guides, inference, experiments.registry; "
+    code = ("import sys, pyro_models, guides, inference, lvm_app.registry; "
             "assert not {'torchvision', 'torchaudio'} & set(sys.modules), 'imported eagerly'")
     subprocess.run([sys.executable, "-c", code], check=True, cwd=ROOT)

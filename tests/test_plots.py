@@ -2,7 +2,7 @@
 import matplotlib.pyplot as plt
 import torch
 
-from experiments.plots import image_grid
+from lvm_app.plots import image_grid
 
 
 def _pure(png, channel: int) -> int:

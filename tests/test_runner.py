@@ -4,13 +4,13 @@ import signal
 import pyro
 import pytest
 import torch
-
-from experiments.data.simulated import load_simulated
-from experiments.registry import EXPERIMENTS
 from helpers import module_states_equal
+
 from inference import TrainingDiverged, TrainingInterrupted, TrainSettings, train
 from inference.checkpoint import load_checkpoint
 from inference.metrics_log import read_metrics
+from lvm_app.registry import EXPERIMENTS
+from pyro_models.linear_gaussian.data import load_simulated
 
 
 def setup(init_seed=0):

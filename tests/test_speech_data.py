@@ -5,8 +5,8 @@ import soundfile
 import torch
 from speech_fixtures import PHONES, tone, write_tiny_fsdd
 
-from experiments.data import DataDir, DataError
-from experiments.data.speech import WindowBatches, load_fsdd, load_librispeech100, read_split
+from pyro_models.cpc.data import WindowBatches, load_fsdd, load_librispeech100, read_split
+from pyro_models.datasets import DataDir, DataError
 
 
 @pytest.fixture

@@ -1,0 +1,190 @@
+"""``python run/svi.py``: train a model with a guide, evaluate it, write the run directory.
+
+Exit status: 0 success; 2 bad usage (the message lists the valid choices); 1 a failure at run
+time (one line says what happened and what to do); 130 interrupted (resume with --resume).
+"""
+import argparse
+import dataclasses
+import json
+import sys
+import time
+from pathlib import Path
+
+import pyro
+
+from guides import GUIDE_FAMILIES
+from inference import TrainingDiverged, TrainingInterrupted, TrainSettings, train
+from lvm_app.config_flags import add_dataclass_flags, dataclass_from_args
+from lvm_app.registry import EXPERIMENTS
+from pyro_models.datasets import DataDir, DataError
+
+# Settings that may differ between a run and its resumption.
+RESUMABLE_CHANGES = {"steps", "progress", "data_dir", "epochs"}
+
+
+def build_parser(experiment=None) -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="run/svi.py",
+        description="Train a Pyro latent-variable model with a guide, then evaluate it. "
+        "Writes summary.json, metrics.csv, config.json, checkpoint.pt and PNG plots to --out.",
+        epilog="Models: " + "; ".join(f"{e.name}: {e.description} (guides: {', '.join(e.guides) or 'none'})"
+                                      for e in EXPERIMENTS.values())
+        + ". Use --model M --help for the model's own settings and why its guides are the ones that apply.",
+    )
+    parser.add_argument("--model", required=True, choices=list(EXPERIMENTS), help="which model to train")
+    if experiment is None:
+        guides = sorted(set(GUIDE_FAMILIES) | {g for e in EXPERIMENTS.values() for g in e.guides})
+        datasets = sorted({d for e in EXPERIMENTS.values() for d in e.datasets})
+        defaults = "the model's"
+    else:
+        guides, datasets = experiment.guides, experiment.datasets
+        defaults = f"{experiment.default_guide} / {experiment.default_dataset}"
+    note = f" {experiment.name}: {experiment.guide_note}." if experiment is not None else ""
+    parser.add_argument("--guide", help=f"guide family ({', '.join(guides) or 'none'}; default: "
+                                        f"{defaults.split(' / ')[0]}).{note}")
+    parser.add_argument("--local", action="store_true",
+                        help="free per-datapoint guide parameters instead of an encoder (non-amortised)")
+    parser.add_argument("--dataset", help=f"data set ({', '.join(datasets)}; default: {defaults.split(' / ')[-1]})")
+    parser.add_argument("--data-dir", help="data directory (default: $PYRO_MODELS_DATA, else ~/.cache/pyro_models)")
+    length = parser.add_mutually_exclusive_group()
+    length.add_argument("--steps", type=int, help="optimisation steps (default: the model's)")
+    length.add_argument("--epochs", type=float, help="passes over the training set (instead of --steps)")
+    parser.add_argument("--batch-size", type=int, help="data points per step (default: the model's)")
+    parser.add_argument("--lr", type=float, help="Adam learning rate (default: the model's)")
+    parser.add_argument("--clip-norm", type=float, help="clip the global gradient norm to this value")
+    parser.add_argument("--log-every", type=int, help="steps between rows of metrics.csv")
+    parser.add_argument("--checkpoint-every", type=int, help="steps between checkpoints")
+    parser.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
+    parser.add_argument("--out", help="output directory (default: runs/MODEL-DATASET-GUIDE)")
+    parser.add_argument("--resume", action="store_true", help="continue the run in --out from its checkpoint")
+    parser.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bars")
+    parser.add_argument("--traceback", action="store_true", help="show the full traceback of a failure")
+    if experiment is not None:
+        add_dataclass_flags(parser, experiment.config_cls, f"{experiment.name} model settings")
+        add_dataclass_flags(parser, experiment.settings_cls, f"{experiment.name} training and evaluation settings")
+    return parser
+
+
+def parse(argv):
+    """Two passes: the model named decides which settings flags exist."""
+    pre = argparse.ArgumentParser(add_help=False)
+    pre.add_argument("--model")
+    known, _ = pre.parse_known_args(argv)
+    experiment = EXPERIMENTS.get(known.model)
+    parser = build_parser(experiment)
+    args = parser.parse_args(argv)
+    experiment = EXPERIMENTS[args.model]
+    args.dataset = args.dataset or experiment.default_dataset
+    if args.dataset not in experiment.datasets:
+        parser.error(f"unknown dataset {args.dataset!r} for model {args.model}; choose from: {', '.join(experiment.datasets)}")
+    if args.guide is not None and args.guide not in experiment.guides:
+        parser.error(guide_refusal(experiment, args.guide))
+    args.guide = args.guide or experiment.default_guide
+    if args.local and not experiment.supports_local_guide:
+        parser.error(f"model {args.model} has no local (per-datapoint) guide")
+    for name in ("steps", "epochs", "batch_size", "lr", "log_every", "checkpoint_every", "clip_norm"):
+        value = getattr(args, name)
+        if value is not None and value <= 0:
+            parser.error(f"--{name.replace('_', '-')} must be positive, got {value}")
+    return parser, experiment, args
+
+
+def guide_refusal(experiment, guide: str) -> str:
+    """One line: why ``guide`` does not apply to this model, and what does."""
+    if not experiment.guides:
+        return f"model {experiment.name} takes no --guide: {experiment.guide_note}"
+    what = "does not apply to" if guide in GUIDE_FAMILIES else "is not a guide of"
+    return (f"guide {guide!r} {what} model {experiment.name}: {experiment.guide_note}; "
+            f"choose from: {', '.join(experiment.guides)}")
+
+
+def resolve(experiment, args, data) -> dict:
+    defaults = experiment.train_defaults(args.dataset)
+    batch_size = args.batch_size or defaults.batch_size
+    if args.epochs is not None:
+        steps = max(1, round(args.epochs * experiment.steps_per_epoch(data, batch_size)))
+    else:
+        steps = args.steps or defaults.steps
+    return {
+        "steps": steps,
+        "batch_size": batch_size,
+        "lr": args.lr or defaults.lr,
+        "clip_norm": args.clip_norm,
+        "log_every": min(args.log_every or defaults.log_every, steps),
+        "checkpoint_every": args.checkpoint_every or defaults.checkpoint_every,
+    }
+
+
+def check_resumable(out: Path, config: dict) -> None:
+    saved_path = out / "config.json"
+    if not (out / "checkpoint.pt").exists():
+        raise RuntimeError(f"--resume: no checkpoint.pt in {out}; start the run without --resume")
+    saved = json.loads(saved_path.read_text())
+    differences = [
+        f"{key}: {saved.get(section, {}).get(key)!r} -> {value!r}"
+        for section in ("run", "train", "model_config", "settings")
+        for key, value in config[section].items()
+        if key not in RESUMABLE_CHANGES and saved.get(section, {}).get(key) != value
+    ]
+    if differences:
+        raise RuntimeError("--resume with different settings than the saved run: " + "; ".join(differences))
+
+
+def run(experiment, args) -> dict:
+    data_dir = DataDir(args.data_dir)
+    data = experiment.load_data(args.dataset, data_dir)
+    train_config = resolve(experiment, args, data)
+    model_config = dataclass_from_args(experiment.config_cls, args)
+    settings = dataclass_from_args(experiment.settings_cls, args)
+    out = Path(args.out or f"runs/{args.model}-{args.dataset}-{args.guide}{'-local' if args.local else ''}")
+    run_info = {"model": args.model, "dataset": args.dataset, "guide": args.guide, "local": args.local,
+                "seed": args.seed, "data_dir": str(data_dir.path)}
+    pyro.set_rng_seed(args.seed)
+    pyro.clear_param_store()
+    built = experiment.build(model_config, settings, data, args.guide, args.local)
+    config = {"run": run_info, "train": train_config,
+              "model_config": json.loads(json.dumps(dataclasses.asdict(model_config))),
+              "settings": dataclasses.asdict(settings)}
+    if args.resume:
+        check_resumable(out, config)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "config.json").write_text(json.dumps(config, indent=2) + "\n")
+    last = train(
+        built.objective, built.modules, experiment.batches(data, train_config["batch_size"], args.seed),
+        TrainSettings(steps=train_config["steps"], lr=train_config["lr"], clip_norm=train_config["clip_norm"],
+                      log_every=train_config["log_every"], checkpoint_every=train_config["checkpoint_every"],
+                      progress=args.progress),
+        out, resume=args.resume, schedule=experiment.schedule(settings, built),
+        on_log=experiment.on_log(built, data, settings),
+    )
+    for module in built.modules.values():
+        module.eval()
+    started = time.perf_counter()
+    summary = experiment.evaluate(built, data, settings, out, args.progress)
+    summary.update({"train_steps": last["step"], "train_loss_last": last.get("loss"),
+                    "train_wall_s": round(last["elapsed_s"], 1), "eval_wall_s": round(time.perf_counter() - started, 1)})
+    (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+    experiment.plot(built, data, out)
+    print(json.dumps(summary, indent=2))
+    print(f"wrote {out}/summary.json, metrics.csv, config.json, checkpoint.pt and plots")
+    return summary
+
+
+def main(argv=None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    parser, experiment, args = parse(argv)
+    try:
+        run(experiment, args)
+    except TrainingInterrupted as stop:
+        print(f"run/svi.py: {stop}", file=sys.stderr)
+        return 130
+    except (DataError, TrainingDiverged, RuntimeError, ValueError, OSError) as error:
+        if args.traceback:
+            raise
+        print(f"run/svi.py: error: {error}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

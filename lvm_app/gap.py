@@ -1,0 +1,220 @@
+"""``python run/gap.py --checkpoint DIR``: the inference-gap report of Cremer, Li & Duvenaud
+(2018) for a trained run of any registered model with an amortised guide.
+
+    log p(x) - L[q] = (log p(x) - L[q*]) + (L[q*] - L[q])
+                      approximation gap    amortisation gap
+
+Continuous latents (vae, mfcvae, linear_gaussian): log p(x) by AIS, checked by AIS with twice
+the steps and by BDMC on data simulated from the model; L[q] and the IWAE-K bound from the
+amortised guide; L[q*] from a local guide of the same family optimised per data point
+(inference/gap_report.py, which a user can call on their own model). A model with discrete
+latents brings its own estimator (``Experiment.gap_estimates``: the LFM enumerates its 2^K codes;
+CompILE scores its discrete model, exact in the boundaries). Every figure comes with its Monte
+Carlo standard error given the points and the spread over points (inference/gap_estimates.py).
+The report checks itself (inference/gap_checks.py): each check that fails prints one line on
+stderr, and gap.json says ``"converged": false`` while keeping the numbers. Writes gap.json and
+gap.md.
+
+Exit status: 0 success (also when a check failed: the report says so); 2 the report does not
+apply to this run or a flag is bad (one line says why); 1 a failure at run time.
+"""
+import argparse
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+import pyro
+import torch
+
+from guides import GUIDE_FAMILIES
+from inference.gap_checks import NOT_APPLICABLE, check_lines
+from inference.gap_estimates import GapOptions
+from inference.gap_report import assemble
+from lvm_app.gap_continuous import NotApplicable, continuous_run_estimates
+from lvm_app.run_dir import load_run
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="run/gap.py", description=__doc__.split("\n\n")[0])
+    p.add_argument("--checkpoint", required=True, help="run directory written by run/svi.py (config.json, checkpoint.pt)")
+    p.add_argument("--guide", choices=sorted(GUIDE_FAMILIES),
+                   help="family of the local q* (default: the run's guide; another family is allowed only if it "
+                        "shares no networks, and is then started from the prior)")
+    p.add_argument("--num-points", type=int, default=1000, help="training points to evaluate (default: 1000)")
+    p.add_argument("--split", choices=["train", "test"], default="train", help="which split (default: train, as the paper)")
+    p.add_argument("--ais-steps", type=int, default=1000, help="AIS intermediate distributions (default: 1000)")
+    p.add_argument("--ais-chains", type=int, default=16, help="AIS chains per data point (default: 16)")
+    p.add_argument("--ais-leapfrog", type=int, default=10, help="leapfrog steps per HMC transition (default: 10)")
+    p.add_argument("--ais-schedule", choices=["sigmoid", "linear"], default="sigmoid")
+    p.add_argument("--bdmc-points", type=int, default=100,
+                   help="points simulated from the model for the BDMC bracket (0: skip; default: 100)")
+    p.add_argument("--convergence-points", type=int, default=25,
+                   help="re-run AIS with 2x the steps on this many points and check the change (0: skip; default: 25)")
+    p.add_argument("--check-tolerance", type=float, default=0.1,
+                   help="nats the doubled AIS may move and the BDMC bracket may leave (default: 0.1)")
+    p.add_argument("--iwae-k", type=int, default=5000, help="samples of the amortised guide for IWAE-K (default: 5000)")
+    p.add_argument("--elbo-samples", type=int, default=1000,
+                   help="samples per point for the ELBOs of q and q* (default: 1000)")
+    p.add_argument("--is-k", type=int, default=100000,
+                   help="importance samples for log p(x) where a model estimates it by sampling (default: 100000)")
+    p.add_argument("--local-init", choices=["amortised", "prior"], default="amortised")
+    p.add_argument("--local-steps", type=int, default=3000, help="maximum Adam steps for q* (default: 3000)")
+    p.add_argument("--local-lr", type=float, default=1e-2)
+    p.add_argument("--local-particles", type=int, default=10)
+    p.add_argument("--data-dir", help="data directory (default: the run's)")
+    p.add_argument("--out", help="where gap.json and gap.md go (default: the checkpoint directory)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--threads", type=int, help="torch threads (default: torch's; 1 is faster on a busy machine)")
+    p.add_argument("--no-progress", dest="progress", action="store_false")
+    p.add_argument("--traceback", action="store_true")
+    return p
+
+
+def gap_report(args) -> dict:
+    started = time.perf_counter()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    run = load_run(args.checkpoint, args.data_dir)
+    experiment, built = run.experiment, run.built
+    if not experiment.supports_gap_report:
+        raise NotApplicable(f"model {experiment.name!r} has no gap report: {experiment.guide_note}")
+    if built.guide is None or getattr(built.guide, "amortised", True) is False:
+        raise NotApplicable(f"{args.checkpoint} trained a local guide: the gap report needs an amortised one")
+    run_guide = run.config["run"]["guide"]
+    points = experiment.evaluation_points(run.data, args.num_points, args.split)
+    n = next(iter(points.values())).shape[0]
+    pyro.set_rng_seed(args.seed)
+    if experiment.own_gap_estimator:  # discrete latents: the model's own estimator
+        if args.guide not in (None, run_guide):
+            raise NotApplicable(f"model {experiment.name!r} takes q* of the run's own family ({run_guide}) only")
+        options = GapOptions(elbo_samples=args.elbo_samples, iwae_k=args.iwae_k, is_k=args.is_k,
+                             local_steps=args.local_steps, local_lr=args.local_lr,
+                             local_particles=args.local_particles, progress=args.progress)
+        estimates = experiment.gap_estimates(built, points, options)
+    else:
+        estimates = continuous_run_estimates(args, run, points)
+    report = {"model": experiment.name, "dataset": run.config["run"]["dataset"], "guide": run_guide,
+              "local_guide": run_guide, "split": args.split, "num_points": n,
+              "checkpoint": str(args.checkpoint), "train_steps": run.step}
+    report.update(assemble(estimates, args.check_tolerance, experiment.exact_log_px(built, points)))
+    report["settings"] = {k: v for k, v in vars(args).items() if k not in ("progress", "traceback")}
+    report["wall_s"] = round(time.perf_counter() - started, 1)
+    return report
+
+
+def _f(value, digits=2):
+    return "-" if value is None else f"{value:.{digits}f}"
+
+
+def with_se(report: dict, key: str, spread: bool = False) -> str:
+    """"value ± Monte Carlo s.e." (and "(spread s.e.)" with ``spread``), or "-" when not computed."""
+    if report.get(key) is None:
+        return "-"
+    text = f"{report[key]:.2f} ± {report[f'{key}_mc_se']:.2f}"
+    return f"{text} ({report[f'{key}_point_se']:.2f})" if spread else text
+
+
+def markdown(report: dict) -> str:
+    r = report
+    cols = ["log_px", "iwae", "elbo_local", "elbo_amortised", "approximation_gap", "amortisation_gap"]
+    lines = [
+        (f"Gap report: model `{r['model']}`, data `{r['dataset']}`, guide `{r['guide']}` "
+         f"(q* family `{r['local_guide']}`), {r['num_points']} {r['split']} points, {r['train_steps']} training steps."),
+        "",
+        "| guide | log p(x) | IWAE-K | L[q*] | L[q] | approximation gap | amortisation gap |",
+        "|---|---|---|---|---|---|---|",
+        f"| {r['guide']} | " + " | ".join(with_se(r, key) for key in cols) + " |",
+        "",
+        ("Means over the points ± Monte Carlo standard error given the points. Spread over points "
+         f"(standard error of the subset mean): approximation gap {_f(r.get('approximation_gap_point_se'))}, "
+         f"amortisation gap {_f(r.get('amortisation_gap_point_se'))}."),
+        "",
+    ]
+    for key, label in (("log_px", "log p(x)"), ("iwae", "IWAE-K"), ("elbo_local", "L[q*]"), ("elbo_amortised", "L[q]")):
+        if r.get(f"{key}_method"):
+            lines.append(f"- {label}: {r[f'{key}_method']}." + (
+                f" Exact: {r['log_px_exact']:.2f}." if key == "log_px" and "log_px_exact" in r else ""))
+    if "bdmc_simulated" in r:
+        b = r["bdmc_simulated"]
+        lines.append(f"- BDMC on {b['points']} points simulated from the model (not the points above): "
+                     f"{b['simulated_log_px_lower']:.2f} .. {b['simulated_log_px_upper']:.2f}, a bracket of "
+                     f"{b['width']:.3f} ± {b['width_mc_se']:.3f} nats.")
+    if "ais_convergence" in r:
+        c = r["ais_convergence"]
+        lines.append(f"- AIS with {c['steps_x2']} instead of {c['steps']} steps on {c['points']} points moves the "
+                     f"estimate by {c['change']:+.3f} ± {c['change_mc_se']:.3f} nats.")
+    if "decoder_gflops_per_s" in r.get("ais", {}):
+        a = r["ais"]
+        lines.append(f"- AIS throughput: {a['leapfrog_chain_points_per_s']:.0f} leapfrog steps x chains x points / s, "
+                     f"{a['decoder_gflops_per_s']:.1f} GFLOP/s of decoder work ({100 * a['fraction_of_peak']:.0f}% of "
+                     f"the {a['matmul_peak_gflops']:.0f} GFLOP/s matmul peak); acceptance {a['accept_rate']:.2f}.")
+    timings = r.get("timings_s", {})
+    lines.append(f"- wall time {r['wall_s']:.0f} s" + (
+        f" ({', '.join(f'{k} {v}' for k, v in timings.items())})." if timings else "."))
+    lines += ["", checks_markdown(r)]
+    return "\n".join(lines) + "\n"
+
+
+def checks_markdown(report: dict) -> str:
+    verdict = {True: "**converged**: every check passed", False: "**NOT CONVERGED**: a check failed",
+               None: "**convergence unknown**: log p(x)'s convergence was not checked"}[report["converged"]]
+    lines = [f"Checks: {verdict}.", ""]
+    for name, check in report["checks"].items():
+        if check["status"] != NOT_APPLICABLE:
+            lines.append(f"- `{name}`: {check['status']}" + (f": {check['message']}" if check["message"] else ""))
+    return "\n".join(lines)
+
+
+def main(argv=None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(sys.argv[1:] if argv is None else argv)
+    if args.threads is not None and args.threads <= 0:
+        parser.error(f"--threads must be positive, got {args.threads}")
+    for name in ("num_points", "ais_steps", "ais_chains", "ais_leapfrog", "iwae_k", "elbo_samples", "is_k",
+                 "local_steps", "local_particles"):
+        if getattr(args, name) <= 0:
+            parser.error(f"--{name.replace('_', '-')} must be positive, got {getattr(args, name)}")
+    out = Path(args.out or args.checkpoint)
+    unwritable = unwritable_reason(out)
+    if unwritable:
+        print(f"run/gap.py: error: cannot write the report to {out}: {unwritable}", file=sys.stderr)
+        return 2
+    try:
+        report = gap_report(args)
+    except NotApplicable as why:
+        print(f"run/gap.py: not applicable: {why}", file=sys.stderr)
+        return 2
+    except (FileNotFoundError, ValueError) as error:
+        if args.traceback:
+            raise
+        print(f"run/gap.py: error: {error}", file=sys.stderr)
+        return 2 if isinstance(error, FileNotFoundError) else 1
+    except (RuntimeError, OSError) as error:
+        if args.traceback:
+            raise
+        print(f"run/gap.py: error: {error}", file=sys.stderr)
+        return 1
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "gap.json").write_text(json.dumps(report, indent=2) + "\n")
+    (out / "gap.md").write_text(markdown(report))
+    print(markdown(report))
+    print(f"wrote {out}/gap.json and gap.md")
+    for line in check_lines(report["checks"]):
+        print(f"run/gap.py: {line}", file=sys.stderr)
+    return 0
+
+
+def unwritable_reason(out: Path) -> str | None:
+    """Why gap.json could not be written into ``out`` (checked before hours of computing)."""
+    existing = next((p for p in (out, *out.parents) if p.exists()), None)
+    if existing is not None and not existing.is_dir():
+        return f"{existing} is a file, not a directory"
+    if existing is not None and not os.access(existing, os.W_OK):
+        return f"{existing} is not writable"
+    return None
+
+
+if __name__ == "__main__":
+    sys.exit(main())

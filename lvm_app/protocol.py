@@ -1,0 +1,106 @@
+"""What the command line needs from each model: its settings, data, guides, and evaluation.
+
+An ``Experiment`` is the glue between a model (a plain Pyro program in ``pyro_models``), the
+guide families, the runner and the estimators. The CLI and the runner are the same for all.
+"""
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from pyro_models.core import derived, setting  # noqa: F401  (re-exported for experiment settings)
+
+
+def set_threads(threads: int) -> None:
+    """torch's intra-op threads for this process; 0 leaves torch's default. (Small networks on a
+    shared 2-core machine ran 4x faster with one thread per run than with two.)"""
+    if threads > 0:
+        torch.set_num_threads(threads)
+
+
+@dataclass
+class TrainDefaults:
+    steps: int
+    batch_size: int
+    lr: float
+    log_every: int = 100
+    checkpoint_every: int = 1000
+
+
+@dataclass
+class Built:
+    """Everything ``build`` makes: the modules hold every trained parameter; ``info``: facts
+    about the data the plots and metrics need (e.g. MFCVAE's label names)."""
+
+    model: nn.Module
+    guide: nn.Module | None
+    objective: object
+    modules: dict
+    info: dict = field(default_factory=dict)
+
+
+class Experiment:
+    """Subclasses fill in the class attributes and the methods below."""
+
+    name: str = ""
+    description: str = ""
+    config_cls: type = None  # the model's hyperparameters, paper defaults (pyro_models)
+    settings_cls: type = None  # the experiment's own settings (evaluation, schedules)
+    datasets: tuple[str, ...] = ()
+    default_dataset: str = ""
+    guides: tuple[str, ...] = ()
+    default_guide: str | None = None
+    guide_note: str = ""  # which guide families apply, and why (--help and the error for another one)
+    supports_local_guide: bool = False
+    supports_gap_report: bool = False  # run/gap.py applies (evaluation_points is implemented)
+    own_gap_estimator: bool = False  # gap_estimates is implemented (else AIS, IWAE and local q* apply)
+
+    def train_defaults(self, dataset: str) -> TrainDefaults:
+        raise NotImplementedError
+
+    def load_data(self, dataset: str, data_dir):
+        raise NotImplementedError
+
+    def build(self, config, settings, data, guide: str | None, local: bool) -> Built:
+        raise NotImplementedError
+
+    def batches(self, data, batch_size: int, seed: int):
+        """A function step -> batch (a dict of model keyword arguments)."""
+        raise NotImplementedError
+
+    def steps_per_epoch(self, data, batch_size: int) -> int:
+        raise NotImplementedError
+
+    def schedule(self, settings, built: Built):
+        """None, or a function step -> extra keyword arguments for model and guide."""
+        return None
+
+    def on_log(self, built: Built, data, settings):
+        """None, or a function step -> extra metrics for the log row."""
+        return None
+
+    def evaluate(self, built: Built, data, settings, out_dir: Path, progress: bool) -> dict:
+        """Final metrics for summary.json (``out_dir`` holds metrics.csv; other files may go there)."""
+        raise NotImplementedError
+
+    def plot(self, built: Built, data, out_dir: Path) -> list[Path]:
+        return []
+
+    # --- the gap report (run/gap.py), where ``supports_gap_report`` ---------------------------
+    def evaluation_points(self, data, num_points: int, split: str = "train") -> dict:
+        """The first ``num_points`` points of a split as model keyword arguments."""
+        raise NotImplementedError
+
+    def model_program(self, built: Built):
+        """The program the guide is scored against (the model; plus r(v|z,x) for auxiliary guides)."""
+        return built.model.model
+
+    def gap_estimates(self, built: Built, points: dict, options):
+        """The model's own ``GapEstimates`` (e.g. by enumerating discrete latents), where
+        ``own_gap_estimator``."""
+        raise NotImplementedError
+
+    def exact_log_px(self, built: Built, points: dict):
+        """log p(x) per point in closed form, where the model has one (None otherwise)."""
+        return None

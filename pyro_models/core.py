@@ -1,0 +1,125 @@
+"""What models, guides and estimators agree on: the per-datapoint plate, the latent sites a
+guide must serve, per-site scaling (annealing), instance names for Pyro's param store, and
+settings fields that become CLI flags."""
+import math
+from collections import Counter
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Protocol, runtime_checkable
+
+import pyro
+import torch
+from pyro import poutine
+from torch import nn
+
+DATA_PLATE = "data"  # the default name of every model's per-datapoint plate (dim -1)
+
+
+@dataclass(frozen=True)
+class LatentSite:
+    """One latent sample site inside the model's per-datapoint plate (dim -1).
+
+    ``dim`` is the size of the site's event (its value has shape ``(..., batch, dim)``);
+    ``support`` is ``"real"`` or ``"binary"`` and decides which guide families apply.
+    """
+
+    name: str
+    dim: int
+    support: str = "real"
+
+
+def latent_scale(name: str, latent_scales: Mapping[str, float] | None):
+    """``poutine.scale`` context for site ``name``: the runner's schedule reaches model and guide
+    alike through the ``latent_scales`` argument, so both sides of a KL term are scaled together.
+
+    A weight of exactly 0 masks the site instead (``poutine.scale`` rejects 0): its log-densities
+    leave the objective on both sides, which is the limit of the scaled objective, not an
+    approximation of it. The sample is still drawn, so downstream sites see a value."""
+    scale = 1.0 if latent_scales is None else latent_scales.get(name, 1.0)
+    if not isinstance(scale, torch.Tensor) and scale == 0:
+        return poutine.mask(mask=False)
+    return poutine.scale(scale=scale)
+
+
+def softplus_inverse(y: float, beta: float = 1.0) -> float:
+    """x with softplus_beta(x) = log(1 + exp(beta x)) / beta = y: the raw parameter of a scale y."""
+    return math.log(math.expm1(beta * y)) / beta
+
+
+def setting(default, help: str, choices=None):
+    """A dataclass field with the help text (and choices) its command-line flag shows."""
+    return field(default=default, metadata={"help": help, "choices": choices})
+
+
+def derived(default):
+    """A field the experiment sets from the data (e.g. data_dim); it is not a command-line flag."""
+    return field(default=default, metadata={"derived": True})
+
+
+_instances: Counter = Counter()
+
+
+def unique_name(base: str) -> str:
+    """``base`` for the first instance in this process, then ``base_1``, ``base_2``, ...: the
+    name under which an instance registers its networks with ``pyro.module``, so that two
+    models (or guides) in one program have their own parameters in Pyro's param store."""
+    count = _instances[base]
+    _instances[base] += 1
+    return base if count == 0 else f"{base}_{count}"
+
+
+def batch_size_of(data: torch.Tensor | None, idx: torch.Tensor | None = None, batch_size: int | None = None) -> int:
+    """How many points a model call is about: the data's first dimension, else the number of
+    indices, else ``batch_size`` (generating from the prior)."""
+    if data is not None:
+        return data.shape[0]
+    if idx is not None:
+        return len(idx)
+    if batch_size is None:
+        raise ValueError("without data, say how many points to generate: batch_size=N (or idx=...)")
+    return batch_size
+
+
+def data_plate(name: str, batch: int, idx: torch.Tensor | None = None, num_data: int | None = None):
+    """The per-datapoint plate (dim -1). Plain ``pyro.plate(name, batch)`` by default; with
+    ``num_data`` (the size of the whole data set) it is Pyro's subsampling plate
+    ``pyro.plate(name, num_data, subsample=idx)``: ``idx`` are this batch's indices into the
+    data set, and every log-density in the plate is scaled by num_data / batch."""
+    if num_data is None:
+        return pyro.plate(name, batch, dim=-1)
+    if idx is None and batch != num_data:
+        raise ValueError(f"num_data={num_data} with a batch of {batch} points needs idx=, the batch's indices "
+                         "into the data set")
+    return pyro.plate(name, num_data, subsample=idx, dim=-1)
+
+
+@runtime_checkable
+class LatentVariableModel(Protocol):
+    """What every generative model of this library provides; guides, estimators and the runner
+    rely on nothing else.
+
+    - ``model(...)``: the Pyro program. Data as keyword (or leading positional) arguments whose
+      first dimension indexes points; ``None`` data is sampled from the prior (give
+      ``batch_size=N``). ``idx`` (the points' indices) and ``num_data`` (the data set's size)
+      make the per-datapoint plate Pyro's subsampling plate; ``latent_scales`` (site -> weight)
+      scales each latent site's log-densities (annealing).
+    - ``latent_sites``: the latent sample sites a guide must serve, each inside the plate
+      ``plate_name`` at dim -1, with an event shape (``LatentSite``).
+    - ``make_encoder()``: a fresh encoder body for amortised guides, ``(module, output size)``;
+      the module takes the data as ``model`` does.
+    - ``max_plate_nesting``: how many plates the program nests (estimators put their particle
+      dimension to the left of them).
+    - ``name``: the prefix of the networks' parameters in Pyro's param store (unique per
+      instance by default); ``plate_name``: the per-datapoint plate's name (default "data").
+    """
+
+    name: str
+    plate_name: str
+    max_plate_nesting: int
+
+    @property
+    def latent_sites(self) -> tuple[LatentSite, ...]: ...
+
+    def make_encoder(self) -> tuple[nn.Module, int]: ...
+
+    def model(self, *args, **kwargs): ...

@@ -1,0 +1,222 @@
+"""Speech corpora for CPC: utterances of 16 kHz mono audio with a speaker and, where available,
+one phone label per 10 ms frame (frame t = samples [160 t, 160 t + 160)).
+
+- FSDD (``fsdd/`` in the data directory): 3000 recordings ``{digit}_{speaker}_{index}.wav`` at
+  8 kHz, resampled to 16 kHz with torchaudio; official split: index 0-4 test, 5-49 train; phone
+  labels from ``fsdd/fsdd_converted_aligned_phones.txt`` (20 classes, 2983 files),
+  class names from ``fsdd/fsdd_phone_index.txt``.
+- LibriSpeech train-clean-100 (``LibriSpeech/train-clean-100/{speaker}/{chapter}/
+  {speaker}-{chapter}-{utterance}.flac``, the layout of the released tarball), with the CPC paper's
+  split (``librispeech100_cpc_splits/{train,test}_split.txt``) and, when the file
+  ``librispeech100_cpc_splits/converted_aligned_phones.txt`` is there, its phone labels (41
+  classes). Audio is read from disk when a window is needed, not held in memory.
+
+Label files have one line per utterance: ``utterance_id label label ...`` (the format of the CPC
+release's ``converted_aligned_phones.txt``).
+"""
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from pyro_models.datasets.files import DataDir, DataError
+
+SAMPLE_RATE = 16000
+FRAME = 160
+FSDD_FOLDER = "fsdd"
+FSDD_RATE = 8000
+FSDD_TEST_INDICES = range(5)
+FSDD_LABELS = "fsdd/fsdd_converted_aligned_phones.txt"
+FSDD_PHONES = "fsdd/fsdd_phone_index.txt"
+LIBRI_AUDIO = "LibriSpeech/train-clean-100"
+LIBRI_SPLITS = "librispeech100_cpc_splits"
+LIBRI_LABELS = f"{LIBRI_SPLITS}/converted_aligned_phones.txt"
+LIBRI_NUM_PHONES = 41  # the CPC release's phone set
+
+
+@dataclass
+class Utterance:
+    uid: str
+    speaker: int  # index into SpeechCorpus.speakers
+    num_samples: int  # at 16 kHz
+    phones: torch.Tensor | None = None  # (frames,) long, one label per 10 ms
+    audio: torch.Tensor | None = None  # (num_samples,) float32 in [-1, 1], when held in memory
+    path: Path | None = None  # read from here when ``audio`` is None
+
+    def read(self, start: int = 0, stop: int | None = None) -> torch.Tensor:
+        stop = self.num_samples if stop is None else stop
+        if self.audio is not None:
+            return self.audio[start:stop]
+        import soundfile
+
+        data, rate = soundfile.read(self.path, start=start, stop=stop, dtype="float32", always_2d=True)
+        if rate != SAMPLE_RATE:
+            raise DataError(f"{self.path}: sample rate {rate} Hz, expected {SAMPLE_RATE}")
+        return torch.from_numpy(data[:, 0].copy())
+
+
+@dataclass
+class SpeechCorpus:
+    name: str
+    train: list[Utterance]
+    test: list[Utterance]
+    speakers: list[str]
+    phone_names: list[str] = field(default_factory=list)  # empty: no phone labels
+
+    @property
+    def num_phones(self) -> int:
+        return len(self.phone_names)
+
+
+def read_phone_labels(path: Path) -> dict[str, torch.Tensor]:
+    labels = {}
+    with open(path) as f:
+        for number, line in enumerate(f, 1):
+            parts = line.split()
+            if not parts:
+                continue
+            try:
+                labels[parts[0]] = torch.tensor([int(p) for p in parts[1:]], dtype=torch.long)
+            except ValueError:
+                raise DataError(f"{path}, line {number}: expected 'utterance_id label label ...' with integer labels")
+    return labels
+
+
+FSDD_HOW = ("copy the Free Spoken Digit Dataset v1.0.10 (github.com/Jakobovski/free-spoken-digit-dataset: "
+            "recordings/*.wav) and its phone-label files into fsdd/ there (the layout of shared/data, see its README), "
+            "or point --data-dir or $PYRO_MODELS_DATA at a directory that has them")
+LIBRI_HOW = ("put the CPC split files (train_split.txt, test_split.txt of the CPC release) into "
+             f"{LIBRI_SPLITS}/ there, or point --data-dir or $PYRO_MODELS_DATA at a directory that has them")
+
+
+def _require(data_dir: DataDir, relative: str, how: str) -> Path:
+    path = data_dir.path / relative
+    if not path.exists():
+        raise DataError(f"missing data file {relative} in data directory {data_dir.describe()}: {how}")
+    return path
+
+
+def _check_labels(labels: dict, num_classes: int, source: Path) -> None:
+    for uid, row in labels.items():
+        if len(row) and (row.min() < 0 or row.max() >= num_classes):
+            raise DataError(f"{source}: utterance {uid} has a label outside 0..{num_classes - 1}")
+
+
+def load_fsdd(data_dir: DataDir) -> SpeechCorpus:
+    import torchaudio.transforms as AT
+
+    folder = _require(data_dir, f"{FSDD_FOLDER}/recordings", FSDD_HOW)
+    files = sorted(folder.glob("*.wav"))
+    if not files:
+        raise DataError(f"no .wav file in {folder}: {FSDD_HOW}")
+    phone_names = [line.split()[1] for line in _require(data_dir, FSDD_PHONES, FSDD_HOW).read_text().splitlines()
+                   if line.strip()]
+    labels_path = _require(data_dir, FSDD_LABELS, FSDD_HOW)
+    labels = read_phone_labels(labels_path)
+    _check_labels(labels, len(phone_names), labels_path)
+    parsed = []
+    for path in files:
+        parts = path.stem.split("_")
+        if len(parts) != 3 or not parts[0].isdigit() or not parts[2].isdigit():
+            raise DataError(f"{path}: FSDD file names are {{digit}}_{{speaker}}_{{index}}.wav")
+        parsed.append((path, parts[1], int(parts[2])))
+    speakers = sorted({speaker for _, speaker, _ in parsed})
+    resample = AT.Resample(FSDD_RATE, SAMPLE_RATE)  # the windowed-sinc kernel, computed once
+    train, test = [], []
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # 3000 small convolutions: 40x faster than 2 threads on busy cores
+    try:
+        _read_fsdd(parsed, speakers, labels, resample, train, test)
+    finally:
+        torch.set_num_threads(threads)
+    return SpeechCorpus("fsdd", train, test, speakers, phone_names)
+
+
+def _read_fsdd(parsed, speakers, labels, resample, train, test):
+    import soundfile
+
+    for path, speaker, index in parsed:
+        data, rate = soundfile.read(path, dtype="float32", always_2d=True)
+        if rate != FSDD_RATE:
+            raise DataError(f"{path}: sample rate {rate} Hz, FSDD is {FSDD_RATE} Hz")
+        with torch.no_grad():
+            audio = resample(torch.from_numpy(data[:, 0].copy()))
+        utt = Utterance(path.stem, speakers.index(speaker), len(audio), labels.get(path.stem), audio=audio)
+        (test if index in FSDD_TEST_INDICES else train).append(utt)
+
+
+def read_split(path: Path) -> list[str]:
+    ids = [line.strip() for line in path.read_text().splitlines() if line.strip()]
+    return [uid.removeprefix("lbi-") for uid in ids]
+
+
+def load_librispeech100(data_dir: DataDir) -> SpeechCorpus:
+    """train-clean-100 with the CPC split; every utterance of the split files must be present."""
+    import soundfile
+
+    root = data_dir.path / LIBRI_AUDIO
+    if not root.is_dir():
+        raise DataError(f"no LibriSpeech train-clean-100 in {data_dir.describe()}: extract train-clean-100.tar.gz "
+                        f"(openslr.org/12) there, so that {LIBRI_AUDIO}/<speaker>/<chapter>/*.flac exists, "
+                        f"or point --data-dir or $PYRO_MODELS_DATA at a directory that has it")
+    splits = {name: read_split(_require(data_dir, f"{LIBRI_SPLITS}/{name}_split.txt", LIBRI_HOW))
+              for name in ("train", "test")}
+    labels_path = data_dir.path / LIBRI_LABELS
+    labels = read_phone_labels(labels_path) if labels_path.exists() else {}
+    _check_labels(labels, LIBRI_NUM_PHONES, labels_path)
+    num_phones = LIBRI_NUM_PHONES if labels else 0
+    speakers = sorted({uid.split("-")[0] for ids in splits.values() for uid in ids}, key=int)
+    index = {speaker: i for i, speaker in enumerate(speakers)}
+    corpus = {}
+    for name, ids in splits.items():
+        utterances = []
+        for uid in ids:
+            speaker, chapter, _ = uid.split("-")
+            path = root / speaker / chapter / f"{uid}.flac"
+            if not path.exists():
+                raise DataError(f"{path} is listed in {LIBRI_SPLITS}/{name}_split.txt but missing: the "
+                                "train-clean-100 copy is incomplete; extract the full tarball again")
+            info = soundfile.info(path)
+            if info.samplerate != SAMPLE_RATE:
+                raise DataError(f"{path}: sample rate {info.samplerate} Hz, expected {SAMPLE_RATE}")
+            utterances.append(Utterance(uid, index[speaker], info.frames, labels.get(uid), path=path))
+        corpus[name] = utterances
+    phone_names = [str(i) for i in range(num_phones)]
+    return SpeechCorpus("librispeech100", corpus["train"], corpus["test"], speakers, phone_names)
+
+
+SPEECH_DATASETS = {"fsdd": load_fsdd, "librispeech100": load_librispeech100}
+
+
+class WindowBatches:
+    """step -> {"wave": (B, window), "speaker": (B,), "phones": (B, window // 160)} of random crops.
+
+    Crops start on a 10 ms frame boundary, so ``phones[:, t]`` labels encoder output t; frames
+    without a label are -1. Utterances shorter than the window are not used. A pure function of
+    (seed, step), so a resumed run sees the same batches.
+    """
+
+    def __init__(self, utterances: list[Utterance], window: int, batch_size: int, seed: int,
+                 labelled_only: bool = False):
+        if window % FRAME:
+            raise ValueError(f"the window ({window} samples) must be a multiple of {FRAME} (10 ms at 16 kHz)")
+        self.pool = [u for u in utterances if u.num_samples >= window and (u.phones is not None or not labelled_only)]
+        if not self.pool:
+            raise ValueError(f"no utterance is at least {window} samples long: use a shorter --window")
+        self.window, self.batch_size, self.seed = window, batch_size, seed
+        self.frames = window // FRAME
+
+    def __call__(self, step: int) -> dict:
+        rng = np.random.default_rng([self.seed, step])
+        chosen = rng.integers(0, len(self.pool), self.batch_size)
+        waves, speakers, phones = [], [], torch.full((self.batch_size, self.frames), -1, dtype=torch.long)
+        for row, i in enumerate(chosen):
+            utt = self.pool[i]
+            start = FRAME * int(rng.integers(0, (utt.num_samples - self.window) // FRAME + 1))
+            waves.append(utt.read(start, start + self.window))
+            speakers.append(utt.speaker)
+            if utt.phones is not None:
+                labels = utt.phones[start // FRAME: start // FRAME + self.frames]
+                phones[row, : len(labels)] = labels
+        return {"wave": torch.stack(waves), "speaker": torch.tensor(speakers), "phones": phones}

@@ -1,0 +1,32 @@
+"""The linear-Gaussian known-answer model for the command line: simulated data, and its exact
+log p(x) next to every estimate (the glue itself: lvm_app/continuous.py)."""
+import torch
+
+from lvm_app.continuous import DensityExperiment
+from lvm_app.protocol import TrainDefaults
+
+from .data import load_simulated
+from .model import LinearGaussian, LinearGaussianConfig
+
+
+class LinearGaussianExperiment(DensityExperiment):
+    name = "linear_gaussian"
+    description = "linear-Gaussian model (probabilistic PCA) on simulated data: log p(x) known exactly"
+    config_cls = LinearGaussianConfig
+    model_cls = LinearGaussian
+    datasets = ("simulated",)
+    default_dataset = "simulated"
+
+    def load_data(self, dataset, data_dir):
+        return load_simulated(data_dir)
+
+    def train_defaults(self, dataset):
+        return TrainDefaults(steps=2000, batch_size=100, lr=1e-2, log_every=100, checkpoint_every=1000)
+
+    def exact_metrics(self, model, x, label):
+        with torch.no_grad():
+            return {f"{label}_log_px_exact": model.log_marginal(x).double().mean().item()}
+
+    def exact_log_px(self, built, points):
+        with torch.no_grad():
+            return built.model.log_marginal(points["x"])

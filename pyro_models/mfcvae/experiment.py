@@ -1,0 +1,216 @@
+"""MFCVAE (Falck et al. 2021): multi-facet clustering with a mixture-of-Gaussians prior per facet,
+progressive training, GMM-initialised clusters, and per-facet clustering scores."""
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from guides.mean_field import MeanFieldNormal
+from inference import evaluate_importance
+from inference.schedules import progressive_facets
+from lvm_app import plots
+from lvm_app.continuous import TRAIN_EVAL_BINARISATION_SEED, DensityExperiment
+from lvm_app.protocol import TrainDefaults, set_threads
+from pyro_models.core import setting
+from pyro_models.datasets import IMAGE_DATASETS
+from pyro_models.datasets.vector_data import as_float, binarise_fixed
+from pyro_models.mfcvae import plots as mfcvae_plots
+from pyro_models.mfcvae.clustering import cluster_accuracy, clusters_used, nmi
+from pyro_models.mfcvae.model import MFCVAE, MFCVAEConfig
+
+GMM_SEED = 0
+DATASETS = ("digits", "mnist", "fashion_mnist", "svhn", "3dshapes")
+@dataclass(frozen=True)
+class Budget:
+    """A data set's training budget: the runner's defaults and the progressive schedule's."""
+
+    steps: int
+    batch_size: int
+    lr: float
+    phase_steps: int  # steps the deepest facet trains alone (and between later facets)
+    fade_in_steps: int  # steps over which a new facet fades in
+
+
+# MNIST: the paper's batch and rate; its schedule (201 + 201 epochs, fade-in over 15000 steps)
+# compressed to fit an hour on 2 CPU cores. The embedded digits: a few minutes.
+BUDGETS = {
+    "digits": Budget(steps=3000, batch_size=128, lr=1e-3, phase_steps=1000, fade_in_steps=1000),
+    "mnist": Budget(steps=10000, batch_size=512, lr=5e-4, phase_steps=4000, fade_in_steps=3000),
+}
+OTHER_DATASETS = Budget(steps=40000, batch_size=512, lr=5e-4, phase_steps=15000, fade_in_steps=10000)
+
+
+@dataclass
+class MFCVAESettings:
+    phase_steps: int = setting(0, "steps the deepest facet trains alone before the next facet fades in, and between "
+                               "later facets (0: the data set's default; the paper's MNIST run used 23500)")
+    fade_in_steps: int = setting(0, "steps over which a new facet's decoder input and KL weight rise 0 -> 1 "
+                                 "(0: the data set's default; the paper used 15000)")
+    progressive: bool = setting(True, "progressive training (off: all facets from step 0)")
+    gmm_init_points: int = setting(10000, "training points whose encoder outputs initialise the cluster means")
+    iwae_k: int = setting(100, "importance samples per test point for test_iwae")
+    eval_points: int = setting(0, "test points for ELBO/IWAE and the clustering scores (0: all)")
+    log_eval_points: int = setting(1000, "test points for the clustering accuracy logged during training")
+    eval_max_rows: int = setting(32768, "particles x points per forward pass (bounds evaluation memory)")
+    threads: int = setting(1, "torch intra-op threads (0: torch's default); on a shared 2-core machine one thread per "
+                           "run was 4x faster than two")
+
+
+def fit_cluster_means(z_per_facet, clusters, seed: int) -> list[torch.Tensor]:
+    """Per facet, the means of a diagonal GMM with that facet's number of clusters fitted to
+    encoder outputs (the paper's initialisation of the mixture priors)."""
+    from sklearn.mixture import GaussianMixture
+
+    means = []
+    for z, k in zip(z_per_facet, clusters):
+        gmm = GaussianMixture(k, covariance_type="diag", random_state=seed)
+        gmm.fit(np.asarray(z, dtype=np.float64))
+        means.append(torch.as_tensor(gmm.means_))
+    return means
+
+
+class MFCVAEExperiment(DensityExperiment):
+    name = "mfcvae"
+    model_cls = MFCVAE
+    description = "multi-facet clustering VAE of Falck et al. (2021): a mixture-of-Gaussians prior per facet, ladder networks"
+    config_cls = MFCVAEConfig
+    settings_cls = MFCVAESettings
+    datasets = DATASETS
+    default_dataset = "digits"
+    # guides, default_guide, supports_local_guide: the density experiments' (all real-site families)
+
+    def train_defaults(self, dataset):
+        budget = BUDGETS.get(dataset, OTHER_DATASETS)
+        return TrainDefaults(steps=budget.steps, batch_size=budget.batch_size, lr=budget.lr,
+                             log_every=100 if budget.steps < 10000 else 250, checkpoint_every=1000)
+
+    def load_data(self, dataset, data_dir):
+        if dataset in IMAGE_DATASETS:
+            return IMAGE_DATASETS[dataset](data_dir)
+        from pyro_models.datasets import COLOUR_IMAGE_DATASETS
+
+        return COLOUR_IMAGE_DATASETS[dataset](data_dir)
+
+    # --- model and guide ---------------------------------------------------------------------
+    def build(self, config, settings, data, guide, local):
+        """The density experiments' model + guide (+ r(v|z,x) for auxflow), then the GMM
+        initialisation of the clusters."""
+        set_threads(settings.threads)
+        config.image_shape = tuple(data.image_shape)
+        built = super().build(config, settings, data, guide, local)
+        q, model = built.guide, built.model
+        built.info.update(dataset=data.name, label_names=data.notes.get("label_names"))
+        if q.amortised:  # a local guide starts at the prior: nothing to fit a mixture to
+            x = as_float(data.train[:settings.gmm_init_points])
+            model.set_clusters(fit_cluster_means(self.posterior_means(built, x), model.config.clusters, GMM_SEED))
+        return built
+
+    @torch.no_grad()
+    def posterior_means(self, built, x, idx=None, samples: int = 32) -> list[torch.Tensor]:
+        """E_q[z_j | x] per facet: the Gaussian's mean, or an average of samples for flows."""
+        guide = built.guide
+        params = guide.params(idx=idx, x=x)
+        means = []
+        for family, chunk in zip(guide.families, params.split(guide.splits, dim=-1)):
+            if isinstance(family, MeanFieldNormal):
+                means.append(chunk[..., :family.site.dim])
+            else:
+                means.append(family.distribution(chunk).rsample((samples,)).mean(0))
+        return means
+
+    # --- training (batches and steps per epoch: the density experiments') ---------------------
+    def schedule_steps(self, settings, dataset) -> tuple[int, int]:
+        budget = BUDGETS.get(dataset, OTHER_DATASETS)
+        return settings.phase_steps or budget.phase_steps, settings.fade_in_steps or budget.fade_in_steps
+
+    def schedule(self, settings, built):
+        if not settings.progressive or built.model.num_facets == 1:
+            return None
+        phase, fade = self.schedule_steps(settings, built.info["dataset"])
+        return progressive_facets(built.model.num_facets, phase, fade)
+
+    def on_log(self, built, data, settings):
+        """Clustering accuracy per facet on a few test points, so the curves show when the
+        facets organise (the model is switched to eval mode and back)."""
+        if not built.guide.amortised or data.test_labels is None or settings.log_eval_points <= 0:
+            return None
+        x = as_float(data.test[:settings.log_eval_points])
+        labels = primary_labels(data.test_labels[:settings.log_eval_points])
+
+        def metrics(step):
+            assignments = self.assignments(built, x)
+            return {f"facet{j}_acc": round(cluster_accuracy(labels, a), 4) for j, a in enumerate(assignments)}
+
+        return metrics
+
+    @torch.no_grad()
+    def assignments(self, built, x, idx=None) -> list:
+        """argmax_c p(c_j | z_j) at the posterior mean, per facet (numpy arrays)."""
+        means = self.posterior_means(built, x, idx)
+        return [built.model.cluster_log_posterior(j, z).argmax(-1).numpy() for j, z in enumerate(means)]
+
+    # --- evaluation --------------------------------------------------------------------------
+    def evaluation_split(self, built, data, settings):
+        """Test points for an amortised guide; training points (those the table holds) for a local one."""
+        if built.guide.amortised:
+            n = settings.eval_points or data.test.shape[0]
+            return "test", as_float(data.test[:n]), data.test_labels, None
+        x = data.train
+        n = settings.eval_points or x.shape[0]
+        x = as_float(x[:n])
+        if data.dynamic_binarisation:
+            x = binarise_fixed(x, TRAIN_EVAL_BINARISATION_SEED)
+        return "train", x, data.train_labels, torch.arange(n)
+
+    def evaluate(self, built, data, settings, out_dir, progress):
+        label, x, labels, idx = self.evaluation_split(built, data, settings)
+        points = {"x": x} if idx is None else {"x": x, "idx": idx}
+        result = evaluate_importance(self.model_program(built), built.guide, points, settings.iwae_k,
+                                     max_plate_nesting=1, max_rows=settings.eval_max_rows, progress=progress,
+                                     desc=f"IWAE-{settings.iwae_k}")
+        summary = result.summary(label)
+        summary.update({"iwae_k": settings.iwae_k, f"num_{label}_points": x.shape[0]})
+        summary.update(self.clustering_summary(built, x, labels, idx))
+        phase, fade = self.schedule_steps(settings, built.info["dataset"])
+        summary.update({"progressive_phase_steps": phase if settings.progressive else 0, "fade_in_steps": fade})
+        return summary
+
+    def clustering_summary(self, built, x, labels, idx) -> dict:
+        if labels is None:
+            return {}
+        labels = labels[:x.shape[0]]
+        summary = {}
+        for j, assignment in enumerate(self.assignments(built, x, idx)):
+            scores = {}  # factor name (None for class labels) -> accuracy
+            for name, target in label_columns(labels, built):
+                suffix = "" if name is None else f"_{name}"
+                scores[name] = summary[f"facet{j}_acc{suffix}"] = cluster_accuracy(target, assignment)
+                summary[f"facet{j}_nmi{suffix}"] = nmi(target, assignment)
+            if None not in scores:  # several factors: the facet is scored on the one it matches best
+                best = max(scores, key=scores.get)
+                summary.update({f"facet{j}_acc": scores[best], f"facet{j}_nmi": summary[f"facet{j}_nmi_{best}"],
+                                f"facet{j}_factor": best})
+            summary[f"facet{j}_clusters_used"] = clusters_used(assignment)
+        summary["best_acc"] = max(summary[f"facet{j}_acc"] for j in range(built.model.num_facets))
+        return summary
+
+    def plot(self, built, data, out_dir):
+        files = [plots.training_curve(out_dir / "metrics.csv", out_dir / "training_curve.png", ylabel="training loss per data point")]
+        files.append(mfcvae_plots.accuracy_curves(out_dir / "metrics.csv", out_dir / "facet_accuracy.png"))
+        _, x, labels, idx = self.evaluation_split(built, data, MFCVAESettings(eval_points=2000))
+        files += mfcvae_plots.all_plots(self, built, x, None if labels is None else primary_labels(labels[:x.shape[0]]),
+                                        idx, tuple(data.image_shape), out_dir)
+        return [f for f in files if f is not None]
+
+
+def primary_labels(labels: torch.Tensor) -> torch.Tensor:
+    """The class labels accuracy curves use: the labels, or the first factor of several."""
+    return labels if labels.dim() == 1 else labels[:, 0]
+
+
+def label_columns(labels: torch.Tensor, built):
+    """(name, labels) pairs: one unnamed column for class labels; one per factor otherwise."""
+    if labels.dim() == 1:
+        return [(None, labels.numpy())]
+    names = built.info.get("label_names") or [f"factor{i}" for i in range(labels.shape[1])]
+    return [(name, labels[:, i].numpy()) for i, name in enumerate(names)]

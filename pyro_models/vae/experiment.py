@@ -1,0 +1,24 @@
+"""The VAE of Cremer, Li & Duvenaud (2018) for the command line: data sets and training budgets
+(the glue itself is the continuous-latent experiments': lvm_app/continuous.py)."""
+from lvm_app.continuous import DensityExperiment
+from lvm_app.protocol import TrainDefaults
+from pyro_models.datasets import IMAGE_DATASETS
+
+from .model import VAE, VAEConfig
+
+
+class VAEExperiment(DensityExperiment):
+    name = "vae"
+    description = "Bernoulli VAE of Cremer, Li & Duvenaud (2018): z in R^50, decoder 50-200-200-784"
+    config_cls = VAEConfig
+    model_cls = VAE
+    datasets = tuple(IMAGE_DATASETS)
+    default_dataset = "digits"
+
+    def load_data(self, dataset, data_dir):
+        return IMAGE_DATASETS[dataset](data_dir)
+
+    def train_defaults(self, dataset):
+        if dataset == "digits":  # the embedded default: a couple of minutes on 2 cores
+            return TrainDefaults(steps=3000, batch_size=100, lr=1e-3, log_every=100, checkpoint_every=1000)
+        return TrainDefaults(steps=100_000, batch_size=100, lr=1e-3, log_every=500, checkpoint_every=5000)

@@ -1,0 +1,217 @@
+"""The library inside a Pyro user's own program: their SVI loop, Pyro's autoguides, NUTS,
+Predictive, their own model with the library's guides and estimators (issue: a library a Pyro
+user can import). Each test is one of the cases that used to fail silently or oddly."""
+import importlib.metadata
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pyro
+import pyro.distributions as dist
+import pytest
+import torch
+from pyro.infer import MCMC, NUTS, SVI, Predictive, Trace_ELBO
+from pyro.infer.autoguide import AutoDiagonalNormal, AutoNormal
+from torch import nn
+
+import inference
+import pyro_models
+from conftest import ROOT
+from guides import MeanFieldNormal, build_guide, guide_family
+from inference.local_opt import LocalOptSettings, optimise_local
+from pyro_models import (CompILE, CompILEConfig, LatentFactorModel, LatentVariableModel, LFMConfig, LinearGaussian,
+                         LinearGaussianConfig, MFCVAE, MFCVAEConfig, VAE, VAEConfig)
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+SMALL_MFCVAE = dict(data_dim=64, image_shape=(8, 8), encoder_backbone=(32, 32), decoder_rungs=(32, 32),
+                    decoder_backbone=(32, 32))
+
+
+def small_models():
+    return {
+        "vae": VAE(VAEConfig(data_dim=64, latent_dim=4, decoder_hidden=(16,), encoder_hidden=(16,))),
+        "linear_gaussian": LinearGaussian(LinearGaussianConfig(data_dim=6, latent_dim=2)),
+        "mfcvae": MFCVAE(MFCVAEConfig(**SMALL_MFCVAE)),
+        "lfm": LatentFactorModel(LFMConfig(vocab_size=12, embedding_dim=8, hidden_dim=8, latent_bits=4)),
+    }
+
+
+def binary_images(n=20, dim=64):
+    return torch.bernoulli(torch.full((n, dim), 0.3))
+
+
+# 1. names ------------------------------------------------------------------------------------
+
+def fit(vae, x, steps=20):
+    encoder, dim = vae.make_encoder()
+    guide = build_guide(MeanFieldNormal, vae.latent_sites, encoder=encoder, encoder_dim=dim)
+    svi = SVI(vae.model, guide, pyro.optim.Adam({"lr": 1e-2}), Trace_ELBO())
+    for _ in range(steps):
+        svi.step(x)
+
+
+def test_two_models_in_one_program_train_their_own_parameters():
+    x = binary_images()
+    first, second = VAE(VAEConfig(data_dim=64)), VAE(VAEConfig(data_dim=64))
+    assert first.name != second.name and VAE(VAEConfig(data_dim=64), name="mine").name == "mine"
+    before = [m.decoder[0].weight.detach().clone() for m in (first, second)]
+    fit(first, x)
+    fit(second, x)  # the same param store: the second must not share the first's parameters
+    for model, old in zip((first, second), before):
+        assert (model.decoder[0].weight.detach() - old).abs().max() > 1e-3
+    names = set(pyro.get_param_store().keys())
+    assert any(n.startswith(f"{first.name}$$$") for n in names) and any(n.startswith(f"{second.name}$$$") for n in names)
+
+
+# 2. generation -------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("key", ["vae", "linear_gaussian", "mfcvae", "lfm"])
+def test_every_model_samples_from_its_prior_and_works_with_predictive(key):
+    model = small_models()[key]
+    model.eval()
+    samples = Predictive(model.model, num_samples=3)(batch_size=5)
+    assert samples["x"].shape[:2] == (3, 5) and samples["z" if key != "mfcvae" else "z0"].shape[:2] == (3, 5)
+    trace = pyro.poutine.trace(model.model).get_trace(batch_size=5)
+    assert not trace.nodes["x"]["is_observed"]
+    trace.compute_log_prob()
+    assert torch.isfinite(trace.nodes["x"]["log_prob"]).all()
+
+
+def test_the_lfm_generates_words_symbol_by_symbol():
+    model = small_models()["lfm"]
+    model.eval()
+    words = Predictive(model.model, num_samples=2)(batch_size=50, max_length=10)["x"]
+    assert words.shape == (2, 50, 10) and words.dtype == torch.long and 0 <= words.min() and words.max() < 12
+    after_eos = torch.cumsum((words == 3).int(), -1) - (words == 3).int() > 0  # positions after the first EOS
+    assert (words[after_eos] == 0).all()  # PAD after each word
+    assert len({tuple(w.tolist()) for w in words.reshape(-1, 10)}) > 10  # sampled, not one greedy word
+
+
+def test_compile_samples_sequences_given_their_lengths():
+    model = CompILE(CompILEConfig())
+    samples = Predictive(model.model, num_samples=2)(lengths=torch.tensor([5, 7, 9]), relaxed=False)
+    assert samples["tokens"].shape == (2, 3, model.config.max_length)
+
+
+# 3. what Pyro users pass ---------------------------------------------------------------------
+
+def test_guides_take_positional_data_and_plain_encoders():
+    vae = VAE(VAEConfig(data_dim=64, latent_dim=4))
+    encoder = nn.Sequential(nn.Linear(64, 32), nn.ELU())  # forward(input): no keywords
+    guide = build_guide(MeanFieldNormal, vae.latent_sites, encoder=encoder, encoder_dim=32)
+    svi = SVI(vae.model, guide, pyro.optim.Adam({"lr": 1e-2}), Trace_ELBO())
+    x = binary_images()
+    losses = [svi.step(x) for _ in range(30)]  # positional, as Pyro's examples call it
+    assert sum(losses[-5:]) < sum(losses[:5])
+    assert guide(x=x)["z"].shape == (20, 4)  # and by keyword
+
+
+def users_model(x):
+    """A user's probabilistic PCA that takes no idx and names its plate "data"."""
+    weight = pyro.param("weight", torch.ones(6, 2) * 0.5)
+    with pyro.plate("data", x.shape[0]):
+        z = pyro.sample("z", dist.Normal(torch.zeros(2), 1.0).to_event(1))
+        pyro.sample("x", dist.Normal(z @ weight.T, 0.5).to_event(1), obs=x)
+
+
+def test_a_local_guide_and_local_optimisation_on_a_users_model_without_idx():
+    sites = (pyro_models.LatentSite("z", 2),)
+    x = torch.randn(30, 6)
+    local = build_guide(MeanFieldNormal, sites, num_points=30)
+    svi = SVI(users_model, local, pyro.optim.Adam({"lr": 5e-2}), Trace_ELBO())
+    losses = [svi.step(x) for _ in range(40)]  # the whole data set in order: no idx needed
+    assert sum(losses[-5:]) < sum(losses[:5])
+    with pytest.raises(ValueError, match="idx="):
+        local(x[:10])  # a part of the data set without its rows is refused, not guessed
+    result = optimise_local(users_model, local, {"x": x}, LocalOptSettings(init="prior", max_steps=200))
+    assert result.steps > 0 and result.points_guide()(x=x)["z"].shape == (30, 2)
+
+
+# 4. MFCVAE with Pyro's autoguides and NUTS -----------------------------------------------------
+
+@pytest.mark.parametrize("autoguide", [AutoNormal, AutoDiagonalNormal])
+def test_mfcvae_trains_with_pyros_autoguides(autoguide):
+    model = MFCVAE(MFCVAEConfig(**SMALL_MFCVAE))
+    x = binary_images(8)
+    guide = autoguide(model.model)
+    svi = SVI(model.model, guide, pyro.optim.Adam({"lr": 1e-2}), Trace_ELBO())
+    losses = [svi.step(x) for _ in range(20)]
+    assert all(torch.isfinite(torch.tensor(losses))) and losses[-1] < losses[0]
+
+
+def test_nuts_samples_one_images_mfcvae_posterior():
+    model = MFCVAE(MFCVAEConfig(**SMALL_MFCVAE))
+    mcmc = MCMC(NUTS(model.model), num_samples=10, warmup_steps=10, disable_progbar=True)
+    mcmc.run(binary_images(1))
+    assert mcmc.get_samples()["z0"].shape == (10, 1, 5)
+
+
+# 5. the per-datapoint plate --------------------------------------------------------------------
+
+def test_a_library_model_inside_a_program_with_its_own_data_plate():
+    vae = VAE(VAEConfig(data_dim=64, latent_dim=4), plate_name="images")
+
+    def program(x, weights):
+        with pyro.plate("data", weights.shape[0]):
+            pyro.sample("w", dist.Normal(0.0, 1.0), obs=weights)
+        vae.model(x)
+
+    trace = pyro.poutine.trace(program).get_trace(binary_images(5), torch.zeros(3))
+    assert trace.nodes["z"]["cond_indep_stack"][0].name == "images"
+    encoder, dim = vae.make_encoder()
+    guide = build_guide(MeanFieldNormal, vae.latent_sites, encoder=encoder, encoder_dim=dim, plate_name="images")
+    result = inference.evaluate_importance(vae.model, guide, {"x": binary_images(5)}, 4, data_plate="images")
+    assert result.iwae.shape == (5,)
+
+
+def test_subsampling_gives_autoguides_one_parameter_per_point_and_the_full_data_scale():
+    model = LinearGaussian(LinearGaussianConfig(data_dim=6, latent_dim=2))
+    data = torch.randn(100, 6)
+    guide = AutoNormal(model.model)
+    svi = SVI(model.model, guide, pyro.optim.Adam({"lr": 1e-2}), Trace_ELBO())
+    for step in range(3):
+        idx = torch.randperm(100)[:10]
+        svi.step(data[idx], idx=idx, num_data=100)
+    assert pyro.param("AutoNormal.locs.z").shape == (100, 2)  # per data point, not per batch position
+    idx = torch.arange(10)
+    full = pyro.poutine.trace(model.model).get_trace(data[idx], idx=idx, num_data=100)
+    plain = pyro.poutine.trace(pyro.poutine.condition(model.model, {"z": full.nodes["z"]["value"]})).get_trace(data[idx])
+    torch.testing.assert_close(full.log_prob_sum(), 10 * plain.log_prob_sum())
+    with pytest.raises(ValueError, match="needs idx="):
+        model.model(data[idx], num_data=100)
+
+
+# 6. the public surface -------------------------------------------------------------------------
+
+def test_the_public_surface():
+    for name in ("VAE", "LinearGaussian", "MFCVAE", "LatentFactorModel", "CompILE", "CompILEGuide", "CPC",
+                 "LatentVariableModel", "ReplicatedPPCA"):
+        assert name in pyro_models.__all__ and hasattr(pyro_models, name)
+    for name in ("ais", "AISSettings", "bdmc", "optimise_local", "LocalOptSettings", "gap_report", "GapSettings",
+                 "evaluate_importance", "log_weights", "SiteMismatch"):
+        assert name in inference.__all__ and hasattr(inference, name)
+    for model in small_models().values():
+        assert isinstance(model, LatentVariableModel), type(model)
+        assert model.model.__doc__ and "plate" in model.model.__doc__
+    for package in ("pyro_models", "guides", "inference", "lvm_app"):
+        assert (ROOT / package / "py.typed").exists()
+    scripts = {e.name: e.value for e in importlib.metadata.entry_points(group="console_scripts")}
+    assert scripts.get("pyro-lvm-train") == "lvm_app.cli:main" and scripts.get("pyro-lvm-gap") == "lvm_app.gap:main"
+
+
+def test_python_m_trains(tmp_path):
+    out = tmp_path / "run"
+    result = subprocess.run([sys.executable, "-m", "lvm_app.cli", "--model", "vae", "--steps", "2", "--out", out,
+                             "--no-progress", "--iwae-k", "2", "--eval-points", "10", "--train-eval-points", "10"],
+                            capture_output=True, text=True, cwd=ROOT, timeout=300)
+    assert result.returncode == 0, result.stderr
+    assert json.loads((Path(out) / "summary.json").read_text())["train_steps"] == 2
+
+
+# 7. which guides apply where -------------------------------------------------------------------
+
+def test_the_guide_families_say_which_sites_they_serve():
+    lfm = small_models()["lfm"]
+    with pytest.raises(ValueError, match="binary"):
+        build_guide(guide_family("ffg"), lfm.latent_sites, num_points=3)
