@@ -14,7 +14,7 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
-from .checkpoint import load_checkpoint, restore_modules, save_checkpoint, set_rng_state
+from .checkpoint import NonFiniteCheckpoint, load_checkpoint, restore_modules, save_checkpoint, set_rng_state
 from .metrics_log import MetricsLog
 
 CHECKPOINT_NAME = "checkpoint.pt"
@@ -122,7 +122,10 @@ def train(
     started = time.perf_counter() - elapsed
 
     def checkpoint(at_step):
-        save_checkpoint(ckpt_path, at_step, modules, optimizer, {"elapsed_s": time.perf_counter() - started})
+        try:
+            save_checkpoint(ckpt_path, at_step, modules, optimizer, {"elapsed_s": time.perf_counter() - started})
+        except NonFiniteCheckpoint as bad:
+            raise TrainingDiverged(at_step, f"a parameter ({bad})", last_ckpt, ckpt_path) from None
         return at_step
 
     bar = tqdm(total=settings.steps, initial=step, disable=not settings.progress, desc="training", dynamic_ncols=True)

@@ -6,6 +6,7 @@ time (one line says what happened and what to do); 130 interrupted (resume with 
 import argparse
 import dataclasses
 import json
+import math
 import sys
 import time
 from pathlib import Path
@@ -15,7 +16,9 @@ import pyro
 from guides import GUIDE_FAMILIES
 from inference import TrainingDiverged, TrainingInterrupted, TrainSettings, train
 from lvm_app.config_flags import add_dataclass_flags, dataclass_from_args
+from lvm_app.run_lock import RunInUse, RunLock
 from lvm_app.registry import EXPERIMENTS
+from pyro_models.core import check_settings
 from pyro_models.datasets import DataDir, DataError
 
 # Settings that may differ between a run and its resumption.
@@ -55,8 +58,11 @@ def build_parser(experiment=None) -> argparse.ArgumentParser:
     parser.add_argument("--log-every", type=int, help="steps between rows of metrics.csv")
     parser.add_argument("--checkpoint-every", type=int, help="steps between checkpoints")
     parser.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
-    parser.add_argument("--out", help="output directory (default: runs/MODEL-DATASET-GUIDE)")
-    parser.add_argument("--resume", action="store_true", help="continue the run in --out from its checkpoint")
+    parser.add_argument("--out", help="output directory (default: runs/MODEL-DATASET-GUIDE-seedS)")
+    resume = parser.add_mutually_exclusive_group()
+    resume.add_argument("--resume", action="store_true", help="continue the run in --out from its checkpoint")
+    resume.add_argument("--overwrite", action="store_true",
+                        help="replace the run in --out (without it a run there is never touched)")
     parser.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bars")
     parser.add_argument("--traceback", action="store_true", help="show the full traceback of a failure")
     if experiment is not None:
@@ -84,8 +90,18 @@ def parse(argv):
         parser.error(f"model {args.model} has no local (per-datapoint) guide")
     for name in ("steps", "epochs", "batch_size", "lr", "log_every", "checkpoint_every", "clip_norm"):
         value = getattr(args, name)
-        if value is not None and value <= 0:
-            parser.error(f"--{name.replace('_', '-')} must be positive, got {value}")
+        if value is not None and not (math.isfinite(value) and value > 0):
+            parser.error(f"--{name.replace('_', '-')} must be positive and finite, got {value}")
+    try:  # every setting, before any data are read or any file is written
+        args.model_config = dataclass_from_args(experiment.config_cls, args)
+        args.settings = dataclass_from_args(experiment.settings_cls, args)
+        check_settings(args.model_config)
+        check_settings(args.settings)
+        experiment.validate(args.model_config, args.settings, args.dataset)
+    except (ValueError, TypeError) as error:
+        parser.error(str(error))
+    args.out = Path(args.out or f"runs/{args.model}-{args.dataset}-{args.guide}{'-local' if args.local else ''}"
+                                f"-seed{args.seed}")
     return parser, experiment, args
 
 
@@ -110,7 +126,7 @@ def resolve(experiment, args, data) -> dict:
         "batch_size": batch_size,
         "lr": args.lr or defaults.lr,
         "clip_norm": args.clip_norm,
-        "log_every": min(args.log_every or defaults.log_every, steps),
+        "log_every": args.log_every or defaults.log_every,  # as asked: a later --resume may change --steps
         "checkpoint_every": args.checkpoint_every or defaults.checkpoint_every,
     }
 
@@ -130,13 +146,39 @@ def check_resumable(out: Path, config: dict) -> None:
         raise RuntimeError("--resume with different settings than the saved run: " + "; ".join(differences))
 
 
+class UsageError(Exception):
+    """Bad usage found after parsing (exit 2, one line)."""
+
+
+RUN_FILES = ("config.json", "checkpoint.pt", "metrics.csv", "summary.json")
+
+
+def check_destination(out: Path, resume: bool, overwrite: bool) -> None:
+    """Never touch a run without being asked: a directory that holds one needs --resume (continue
+    it) or --overwrite (replace it); --resume needs a run to continue."""
+    if out.exists() and not out.is_dir():
+        raise UsageError(f"--out {out} is a file, not a directory")
+    found = [name for name in RUN_FILES if (out / name).exists()]
+    if found and not (resume or overwrite):
+        raise UsageError(f"{out} holds a run ({', '.join(found)}): continue it with --resume, replace it with "
+                         "--overwrite, or choose another --out")
+
+
 def run(experiment, args) -> dict:
+    out = args.out
+    check_destination(out, args.resume, args.overwrite)
+    with RunLock(out):
+        return _run_locked(experiment, args, out)
+
+
+def _run_locked(experiment, args, out: Path) -> dict:
+    if args.overwrite:  # asked for: the earlier run's files go before anything of the new one is written
+        for name in (*RUN_FILES, "best.pt"):
+            (out / name).unlink(missing_ok=True)
     data_dir = DataDir(args.data_dir)
     data = experiment.load_data(args.dataset, data_dir)
     train_config = resolve(experiment, args, data)
-    model_config = dataclass_from_args(experiment.config_cls, args)
-    settings = dataclass_from_args(experiment.settings_cls, args)
-    out = Path(args.out or f"runs/{args.model}-{args.dataset}-{args.guide}{'-local' if args.local else ''}")
+    model_config, settings = args.model_config, args.settings
     run_info = {"model": args.model, "dataset": args.dataset, "guide": args.guide, "local": args.local,
                 "seed": args.seed, "data_dir": str(data_dir.path)}
     pyro.set_rng_seed(args.seed)
@@ -147,12 +189,12 @@ def run(experiment, args) -> dict:
               "settings": dataclasses.asdict(settings)}
     if args.resume:
         check_resumable(out, config)
-    out.mkdir(parents=True, exist_ok=True)
     (out / "config.json").write_text(json.dumps(config, indent=2) + "\n")
     last = train(
         built.objective, built.modules, experiment.batches(data, train_config["batch_size"], args.seed),
         TrainSettings(steps=train_config["steps"], lr=train_config["lr"], clip_norm=train_config["clip_norm"],
-                      log_every=train_config["log_every"], checkpoint_every=train_config["checkpoint_every"],
+                      log_every=min(train_config["log_every"], train_config["steps"]),
+                      checkpoint_every=train_config["checkpoint_every"],
                       progress=args.progress),
         out, resume=args.resume, schedule=experiment.schedule(settings, built),
         on_log=experiment.on_log(built, data, settings),
@@ -175,8 +217,15 @@ def main(argv=None) -> int:
     parser, experiment, args = parse(argv)
     try:
         run(experiment, args)
+    except (UsageError, RunInUse) as error:
+        print(f"run/svi.py: error: {error}", file=sys.stderr)
+        return 2
     except TrainingInterrupted as stop:
         print(f"run/svi.py: {stop}", file=sys.stderr)
+        return 130
+    except KeyboardInterrupt:  # before training (reading data) or after it (evaluating)
+        print(f"run/svi.py: interrupted outside training; what was written is in {args.out} (a finished training "
+              "run is re-evaluated by running the same command with --resume)", file=sys.stderr)
         return 130
     except (DataError, TrainingDiverged, RuntimeError, ValueError, OSError) as error:
         if args.traceback:

@@ -9,7 +9,12 @@ def _parser_for(annotation):
     origin = typing.get_origin(annotation)
     if origin is tuple:
         item = typing.get_args(annotation)[0]
-        return lambda text: tuple(item(part) for part in text.split(",") if part.strip())
+
+        def comma_separated(text):
+            return tuple(item(part) for part in text.split(",") if part.strip())
+
+        comma_separated.__name__ = f"comma-separated {item.__name__}"  # argparse: "invalid <name> value"
+        return comma_separated
     if annotation in (int, float, str):
         return annotation
     raise TypeError(f"no command-line parser for a field of type {annotation}")

@@ -9,7 +9,7 @@ import torch
 from guides import auxiliary_reverse_for, build_guide, guide_family, with_auxiliary
 from inference import ElboObjective, evaluate_importance
 from inference.schedules import kl_warmup
-from pyro_models.core import setting
+from pyro_models.core import AT_LEAST_ONE, setting
 from pyro_models.datasets.vector_data import as_float, binarise_fixed
 
 from . import plots
@@ -21,11 +21,11 @@ TRAIN_EVAL_BINARISATION_SEED = 4321
 
 @dataclass
 class DensitySettings:
-    iwae_k: int = setting(5000, "importance samples per test point for IWAE-K")
+    iwae_k: int = setting(5000, "importance samples per test point for IWAE-K", valid=AT_LEAST_ONE)
     eval_points: int = setting(0, "test points to evaluate (0: all)")
     train_eval_points: int = setting(0, "training points for train_elbo, one sample each (0: all)")
     kl_warmup_steps: int = setting(0, "linear KL annealing from 0 to 1 over this many steps")
-    eval_max_rows: int = setting(32768, "particles x points per forward pass (bounds evaluation memory)")
+    eval_max_rows: int = setting(32768, "particles x points per forward pass (bounds evaluation memory)", valid=AT_LEAST_ONE)
 
 
 class DensityExperiment(Experiment):

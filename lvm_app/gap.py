@@ -186,6 +186,9 @@ def main(argv=None) -> int:
     except NotApplicable as why:
         print(f"run/gap.py: not applicable: {why}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        print("run/gap.py: interrupted; nothing was written (run the same command again)", file=sys.stderr)
+        return 130
     except (FileNotFoundError, ValueError) as error:
         if args.traceback:
             raise

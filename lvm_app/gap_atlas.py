@@ -96,6 +96,8 @@ class Stages:
                        *data, *train, "--seed", str(self.args.seed), "--out", str(run_dir), "--no-progress"]
             if (run_dir / "checkpoint.pt").exists():
                 command.append("--resume")
+            elif run_dir.exists():  # started, but stopped before its first checkpoint: start again
+                command.append("--overwrite")
             if self.interrupted or not self._run(entry, "train", command):
                 return
         if self.args.train_only:
@@ -133,6 +135,10 @@ def main(argv=None) -> int:
                 list(pool.map(stages.entry, entries))
         except KeyboardInterrupt:
             stages.interrupted = True
+    if args.report_only and not any((out / e.name / f"gap-{s}" / "gap.json").exists() for e in entries for s in SPLITS):
+        print(f"run/gap_atlas.py: error: no gap reports under {out} for {args.only!r}: run the atlas first "
+              "(without --report-only)", file=sys.stderr)
+        return 1
     invocation = None if args.report_only else {
         "entries": [e.name for e in entries], "jobs": args.jobs, "wall_s": round(time.perf_counter() - started, 1)}
     files = write_report(out, entries, invocation, tiny=args.tiny)

@@ -59,6 +59,10 @@ class Experiment:
     def train_defaults(self, dataset: str) -> TrainDefaults:
         raise NotImplementedError
 
+    def validate(self, config, settings, dataset: str) -> None:
+        """Refuse (ValueError, one line naming the flag) settings that only this model can judge;
+        called before any data are read or any file is written."""
+
     def load_data(self, dataset: str, data_dir):
         raise NotImplementedError
 

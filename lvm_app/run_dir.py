@@ -47,8 +47,11 @@ def load_run(path, data_dir=None) -> LoadedRun:
     for name in ("config.json", "checkpoint.pt"):
         if not (path / name).exists():
             raise FileNotFoundError(f"{path} is not a run directory: no {name} (train one with run/svi.py --out {path})")
-    config = json.loads((path / "config.json").read_text())
-    run = config["run"]
+    try:
+        config = json.loads((path / "config.json").read_text())
+        run = config["run"]
+    except (json.JSONDecodeError, KeyError, TypeError) as error:
+        raise ValueError(f"{path / 'config.json'} is not a run configuration written by run/svi.py ({error})") from None
     if run["model"] not in EXPERIMENTS:
         raise ValueError(f"{path}: model {run['model']!r} is not registered; known: {', '.join(EXPERIMENTS)}")
     experiment = EXPERIMENTS[run["model"]]

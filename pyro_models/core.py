@@ -1,9 +1,11 @@
 """What models, guides and estimators agree on: the per-datapoint plate, the latent sites a
 guide must serve, per-site scaling (annealing), instance names for Pyro's param store, and
 settings fields that become CLI flags."""
+import dataclasses
 import math
+import typing
 from collections import Counter
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Protocol, runtime_checkable
 
@@ -46,9 +48,47 @@ def softplus_inverse(y: float, beta: float = 1.0) -> float:
     return math.log(math.expm1(beta * y)) / beta
 
 
-def setting(default, help: str, choices=None):
-    """A dataclass field with the help text (and choices) its command-line flag shows."""
-    return field(default=default, metadata={"help": help, "choices": choices})
+def setting(default, help: str, choices=None, valid: tuple[str, Callable] | None = None):
+    """A dataclass field with the help text (and choices) its command-line flag shows.
+
+    ``valid``: (what a valid value is, a predicate), applied to the value or to each element of a
+    tuple (see ``check_settings``, which also refuses non-finite floats, negative integers and
+    empty tuples everywhere)."""
+    return field(default=default, metadata={"help": help, "choices": choices, "valid": valid})
+
+
+POSITIVE = ("positive", lambda value: value > 0)
+AT_LEAST_ONE = ("at least 1", lambda value: value >= 1)
+PROBABILITY = ("a probability strictly between 0 and 1", lambda value: 0 < value < 1)
+FRACTION = ("in [0, 1)", lambda value: 0 <= value < 1)
+NON_NEGATIVE = ("zero or more", lambda value: value >= 0)
+
+
+def check_settings(settings) -> None:
+    """Refuse a bad value in a settings dataclass, naming its flag (ValueError): a NaN or infinite
+    float, a negative integer, an empty tuple (tuples of integers are sizes: each at least 1), or
+    a value its field's ``valid`` predicate rejects; then the dataclass's own ``check()``."""
+    hints = typing.get_type_hints(type(settings))
+    for f in dataclasses.fields(settings):
+        if f.metadata.get("derived"):
+            continue
+        value, flag = getattr(settings, f.name), "--" + f.name.replace("_", "-")
+        values = value if isinstance(value, tuple) else (value,)
+        rule = f.metadata.get("valid")
+        if typing.get_origin(hints[f.name]) is tuple:
+            if not value:
+                raise ValueError(f"{flag} needs at least one value")
+            rule = rule or AT_LEAST_ONE
+        for item in values:
+            if isinstance(item, float) and not math.isfinite(item):
+                raise ValueError(f"{flag} must be finite, got {item}")
+            if isinstance(item, int) and not isinstance(item, bool) and item < 0 and rule is None:
+                raise ValueError(f"{flag} must not be negative, got {item}")
+            if rule is not None and not rule[1](item):
+                raise ValueError(f"{flag} must be {rule[0]}, got {value if len(values) == 1 else ','.join(map(str, values))}")
+    check = getattr(settings, "check", None)
+    if check is not None:
+        check()
 
 
 def derived(default):

@@ -36,6 +36,7 @@ from pyro.infer import TraceGraph_ELBO, TraceMeanField_ELBO  # noqa: E402
 
 from guides import ConcreteBernoulli  # noqa: E402
 from inference import ElboObjective  # noqa: E402
+from inference.checkpoint import load_checkpoint  # noqa: E402
 from pyro_models.datasets import DataDir  # noqa: E402
 from pyro_models.lfm.experiment import Baselines, LFMExperiment, LFMSettings  # noqa: E402
 from pyro_models.lfm.model import LFMConfig  # noqa: E402
@@ -49,9 +50,9 @@ def load_run(run: Path):
     settings = LFMSettings(**{**config["settings"], "baseline": "neural", "free_nats": 0.0})
     built = experiment.build(model_config, settings, data, "bernoulli", local=False)
     if (run / "best.pt").exists():
-        states = torch.load(run / "best.pt", weights_only=False)["modules"]
+        states = load_checkpoint(run / "best.pt")["modules"]
     else:
-        states = torch.load(run / "checkpoint.pt", weights_only=False)["modules"]
+        states = load_checkpoint(run / "checkpoint.pt")["modules"]
     built.model.load_state_dict(states["model"])
     has_neural = any(key.startswith("site_infer.net.") for key in states["guide"])
     guide_state = {k: v for k, v in states["guide"].items() if has_neural or not k.startswith("site_infer.")}

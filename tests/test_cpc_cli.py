@@ -45,12 +45,13 @@ def test_summary_keys_and_plots(tmp_path):
     (["--window", "1000"], "--window must be a positive multiple of 160"),
     (["--encoder-layers", "1-8-10-5"], "six non-negative integers"),
 ])
-def test_bad_settings_exit_1_with_one_line(flags, message, tmp_path):
+def test_bad_settings_exit_2_with_one_line_before_reading_data(flags, message, tmp_path):
     data = write_tiny_fsdd(tmp_path / "data")
     result = run_cli("--model", "cpc", "--data-dir", data, "--steps", "1", "--out", tmp_path / "run", *flags)
-    assert result.returncode == 1
-    lines = result.stderr.strip().splitlines()
-    assert len(lines) == 1 and message in lines[0], result.stderr
+    assert result.returncode == 2  # bad usage, as the contract says
+    error = result.stderr.strip().splitlines()[-1]  # after argparse's usage line
+    assert error.startswith("run/svi.py: error:") and message in error, result.stderr
+    assert not (tmp_path / "run").exists()
 
 
 def test_missing_data_says_what_to_do(tmp_path):

@@ -40,6 +40,7 @@ from pyro_models.compile.model import (
     reconstruct,
     reconstruction_accuracy,
 )
+from pyro_models.core import AT_LEAST_ONE
 
 TARGET_ACCURACY = 0.99
 
@@ -49,8 +50,8 @@ class CompILESettings:
     kl: str = setting("analytic", "KL of relaxed sites: the categorical KL they relax (TraceMeanField_ELBO, as the "
                       "reference) or a one-sample estimate on the relaxed densities (Trace_ELBO)",
                       choices=["analytic", "relaxed"])
-    eval_batch_size: int = setting(512, "held-out sequences for the metrics")
-    test_nll_particles: int = setting(10, "guide samples per sequence for test_nll")
+    eval_batch_size: int = setting(512, "held-out sequences for the metrics", valid=AT_LEAST_ONE)
+    test_nll_particles: int = setting(10, "guide samples per sequence for test_nll", valid=AT_LEAST_ONE)
     print_every: int = setting(1, "print a sample every this many log steps; 0: never")
     threads: int = setting(1, "torch intra-op threads for the run (0: torch's default); the networks are small, "
                               "and on 2 shared cores one thread is 3x faster than two (run/bench_compile.py)")

@@ -61,7 +61,7 @@ from pyro.distributions import constraints
 from torch import nn
 from torch.distributions import register_kl
 
-from pyro_models.core import DATA_PLATE, data_plate, latent_scale, setting, unique_name
+from pyro_models.core import AT_LEAST_ONE, DATA_PLATE, POSITIVE, data_plate, latent_scale, setting, unique_name
 
 MASK_LOGIT = -30.0  # logit of positions that cannot be a boundary: probability < 1e-13
 LATENT_DISTS = ("gaussian", "concrete")
@@ -71,18 +71,18 @@ LATENT_DISTS = ("gaussian", "concrete")
 class CompILEConfig:
     """Defaults of the authors' toy code (Kipf et al. 2019)."""
 
-    num_symbols: int = setting(5, "distinct symbols (token 0 is EOS and padding)")
-    num_segments: int = setting(3, "segments per sequence (data and model)")
-    max_segment_length: int = setting(4, "segment lengths are uniform on 1..this")
-    hidden_dim: int = setting(64, "embedding, LSTM and MLP width")
-    latent_dim: int = setting(32, "size of each segment code z_i")
+    num_symbols: int = setting(5, "distinct symbols (token 0 is EOS and padding)", valid=AT_LEAST_ONE)
+    num_segments: int = setting(3, "segments per sequence (data and model)", valid=AT_LEAST_ONE)
+    max_segment_length: int = setting(4, "segment lengths are uniform on 1..this", valid=AT_LEAST_ONE)
+    hidden_dim: int = setting(64, "embedding, LSTM and MLP width", valid=AT_LEAST_ONE)
+    latent_dim: int = setting(32, "size of each segment code z_i", valid=AT_LEAST_ONE)
     latent_dist: str = setting("gaussian", "segment codes: Gaussian with N(0, I) prior, or concrete with uniform prior",
                                choices=list(LATENT_DISTS))
-    temp_b: float = setting(1.0, "Gumbel-softmax temperature of the boundaries b")
-    temp_z: float = setting(1.0, "Gumbel-softmax temperature of concrete codes z")
+    temp_b: float = setting(1.0, "Gumbel-softmax temperature of the boundaries b", valid=POSITIVE)
+    temp_z: float = setting(1.0, "Gumbel-softmax temperature of concrete codes z", valid=POSITIVE)
     beta_b: float = setting(0.1, "KL weight of the boundaries (training)")
     beta_z: float = setting(0.1, "KL weight of the codes (training)")
-    prior_rate: float = setting(3.0, "Poisson rate of the segment-length prior")
+    prior_rate: float = setting(3.0, "Poisson rate of the segment-length prior", valid=POSITIVE)
 
     @property
     def vocab_size(self) -> int:

@@ -29,8 +29,9 @@ from inference import LossObjective
 from inference.infonce import MODES, info_nce
 from lvm_app import plots
 from lvm_app.protocol import Built, Experiment, TrainDefaults, set_threads, setting
+from pyro_models.core import AT_LEAST_ONE
 from pyro_models.cpc.data import FRAME, SAMPLE_RATE, SPEECH_DATASETS, WindowBatches
-from pyro_models.cpc.model import CPC, CPCConfig
+from pyro_models.cpc.model import CPC, ConvEncoder, CPCConfig, paper_layers, parse_layers
 from pyro_models.cpc.probes import context_features, mfcc_features, probe_both, train_supervised
 
 DEFAULT_WINDOW = {"fsdd": 4000, "librispeech100": 20480}  # FSDD clips: median 6700 samples at 16 kHz
@@ -44,7 +45,7 @@ class CPCSettings:
     negatives: str = setting("both", "where InfoNCE negatives come from: other time steps of the same window, of the "
                              "other windows of the batch, or both", choices=list(MODES))
     num_negatives: int = setting(0, "negatives per anchor, drawn with replacement (0: every eligible time step)")
-    eval_batches: int = setting(8, "batches of test windows for the InfoNCE accuracy (logged and final)")
+    eval_batches: int = setting(8, "batches of test windows for the InfoNCE accuracy (logged and final)", valid=AT_LEAST_ONE)
     speaker_pool: str = setting("mean", "utterance feature for the speaker probe: mean or last c_t",
                                 choices=["mean", "last"])
     probe_iterations: int = setting(300, "L-BFGS iterations of each linear probe")
@@ -84,6 +85,19 @@ class CPCExperiment(Experiment):
     def load_data(self, dataset, data_dir):
         self.dataset = dataset
         return SPEECH_DATASETS[dataset](data_dir)
+
+    def validate(self, config, settings, dataset):
+        """The window, the encoder layers and the baselines, before any audio is read."""
+        window = settings.window or DEFAULT_WINDOW[dataset]
+        if window % FRAME:
+            raise ValueError(f"--window must be a positive multiple of {FRAME} samples, got {window}")
+        parse_baselines(settings.baselines)
+        encoder = ConvEncoder(parse_layers(config.encoder_layers) if config.encoder_layers else paper_layers(config.width),
+                              config.norm)
+        frames = encoder.output_length(window)
+        if frames <= config.prediction_steps:
+            raise ValueError(f"a window of {window} samples gives {frames} encoder steps, not more than "
+                             f"K = {config.prediction_steps}: use a longer --window or fewer --prediction-steps")
 
     def window(self, settings) -> int:
         window = settings.window or DEFAULT_WINDOW[self.dataset]

@@ -24,7 +24,7 @@ import pyro
 import torch
 from torch import nn
 
-from pyro_models.core import setting, unique_name
+from pyro_models.core import AT_LEAST_ONE, setting, unique_name
 
 PAPER_LAYERS = ((10, 5, 3), (8, 4, 2), (4, 2, 1), (4, 2, 1), (4, 2, 1))  # kernel, stride, padding
 SAMPLE_RATE = 16000
@@ -40,8 +40,8 @@ class CPCConfig:
     norm: str = setting("channel", "normalisation after each convolution: per-frame layer norm over channels "
                         "(no statistics shared across the batch), batch norm, or none",
                         choices=["channel", "batch", "none"])
-    context_dim: int = setting(256, "GRU (g_ar) hidden size: the dimension of c_t")
-    prediction_steps: int = setting(12, "K: W_k predicts z_{t+k} for k = 1..K")
+    context_dim: int = setting(256, "GRU (g_ar) hidden size: the dimension of c_t", valid=AT_LEAST_ONE)
+    prediction_steps: int = setting(12, "K: W_k predicts z_{t+k} for k = 1..K", valid=AT_LEAST_ONE)
 
 
 def paper_layers(width: int) -> list[tuple[int, ...]]:

@@ -31,6 +31,7 @@ from inference.metrics_log import read_metrics
 from inference.schedules import linear_warmup
 from lvm_app import plots
 from lvm_app.protocol import Built, Experiment, TrainDefaults, set_threads, setting
+from pyro_models.core import AT_LEAST_ONE, FRACTION, NON_NEGATIVE, POSITIVE, PROBABILITY
 from pyro_models.lfm.data import BucketedBatches, Words, load_sigmorphon
 from pyro_models.lfm.gap import lfm_gap_estimates
 from pyro_models.lfm.model import LatentFactorModel, LFMConfig, bernoulli_kl, sequence_mask
@@ -41,20 +42,20 @@ class LFMSettings:
     baseline: str = setting("neural", "baseline of the score-function gradient (bernoulli guide): none, a decaying "
                             "average of the cost, or a network of x fitted to the cost",
                             choices=["none", "decaying", "neural"])
-    baseline_beta: float = setting(0.9, "decay of the decaying-average baseline")
-    temperature: float = setting(1.0, "temperature of the concrete guide's relaxed samples")
+    baseline_beta: float = setting(0.9, "decay of the decaying-average baseline", valid=PROBABILITY)
+    temperature: float = setting(1.0, "temperature of the concrete guide's relaxed samples", valid=POSITIVE)
     kl_warmup_steps: int = setting(0, "KL annealing: the KL weight rises linearly from 0 to 1 over this many steps")
-    free_nats: float = setting(0.0, "free nats: no KL gradient while the batch's mean KL is below this (training only)")
-    word_dropout: float = setting(0.0, "probability of replacing a decoder input character by UNK (training only)")
-    importance_samples: int = setting(50, "S, guide samples per word for the final dev/test NLL and perplexity")
+    free_nats: float = setting(0.0, "free nats: no KL gradient while the batch's mean KL is below this (training only)", valid=NON_NEGATIVE)
+    word_dropout: float = setting(0.0, "probability of replacing a decoder input character by UNK (training only)", valid=FRACTION)
+    importance_samples: int = setting(50, "S, guide samples per word for the final dev/test NLL and perplexity", valid=AT_LEAST_ONE)
     dev_importance_samples: int = setting(10, "guide samples per word for the dev metrics logged during training "
-                                          "(early stopping on dev perplexity)")
+                                          "(early stopping on dev perplexity)", valid=AT_LEAST_ONE)
     eval_points: int = setting(0, "test words to evaluate (0: all)")
     dev_points: int = setting(0, "dev words to evaluate (0: all)")
     train_eval_points: int = setting(1000, "training words for the logged train metrics")
     early_stopping: int = setting(1, "1: evaluate the modules of the logged step with the best dev perplexity; 0: the last")
-    max_word_length: int = setting(30, "drop words longer than this many characters")
-    eval_max_rows: int = setting(16384, "particles x words per forward pass (bounds evaluation memory)")
+    max_word_length: int = setting(30, "drop words longer than this many characters", valid=AT_LEAST_ONE)
+    eval_max_rows: int = setting(16384, "particles x words per forward pass (bounds evaluation memory)", valid=AT_LEAST_ONE)
     threads: int = setting(1, "torch intra-op threads (0: torch's default)")
 
 

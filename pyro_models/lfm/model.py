@@ -22,7 +22,10 @@ from torch import nn
 from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
 from pyro_models.core import (
+    AT_LEAST_ONE,
     DATA_PLATE,
+    FRACTION,
+    PROBABILITY,
     LatentSite,
     batch_size_of,
     data_plate,
@@ -38,11 +41,13 @@ PAD, UNK, BOS, EOS = 0, 1, 2, 3  # the vocabulary convention of pyro_models/lfm/
 @dataclass
 class LFMConfig:
     vocab_size: int = derived(40)
-    embedding_dim: int = setting(256, "character embedding size (decoder and encoder)")
-    hidden_dim: int = setting(256, "decoder LSTM size; also each direction of the encoder's BiLSTM")
-    latent_bits: int = setting(16, "K, the number of Bernoulli latent bits")
-    prior_prob: float = setting(0.5, "p(Z_k = 1) of the prior (a probability, not a logit)")
-    dropout: float = setting(0.3, "dropout on embeddings and LSTM outputs (training only)")
+    embedding_dim: int = setting(256, "character embedding size (decoder and encoder)", valid=AT_LEAST_ONE)
+    hidden_dim: int = setting(256, "decoder LSTM size; also each direction of the encoder's BiLSTM",
+                              valid=AT_LEAST_ONE)
+    latent_bits: int = setting(16, "K, the number of Bernoulli latent bits", valid=AT_LEAST_ONE)
+    prior_prob: float = setting(0.5, "p(Z_k = 1) of the prior (a probability, not a logit)",
+                                valid=PROBABILITY)
+    dropout: float = setting(0.3, "dropout on embeddings and LSTM outputs (training only)", valid=FRACTION)
 
 
 def sequence_mask(lengths: torch.Tensor, length: int) -> torch.Tensor:

@@ -12,7 +12,9 @@ import torch
 from torch import nn
 
 from pyro_models.core import (
+    AT_LEAST_ONE,
     DATA_PLATE,
+    POSITIVE,
     LatentSite,
     batch_size_of,
     data_plate,
@@ -27,8 +29,8 @@ from pyro_models.networks import KeywordInput, mlp
 @dataclass
 class LinearGaussianConfig:
     data_dim: int = derived(8)
-    latent_dim: int = setting(2, "dimension of z")
-    noise_scale: float = setting(0.5, "initial observation noise s")
+    latent_dim: int = setting(2, "dimension of z", valid=AT_LEAST_ONE)
+    noise_scale: float = setting(0.5, "initial observation noise s", valid=POSITIVE)
     encoder_hidden: tuple[int, ...] = setting((32,), "encoder hidden layer sizes (amortised guides)")
 
 

@@ -11,7 +11,7 @@ from inference.schedules import progressive_facets
 from lvm_app import plots
 from lvm_app.continuous import TRAIN_EVAL_BINARISATION_SEED, DensityExperiment
 from lvm_app.protocol import TrainDefaults, set_threads
-from pyro_models.core import setting
+from pyro_models.core import AT_LEAST_ONE, setting
 from pyro_models.datasets import IMAGE_DATASETS
 from pyro_models.datasets.vector_data import as_float, binarise_fixed
 from pyro_models.mfcvae import plots as mfcvae_plots
@@ -47,11 +47,11 @@ class MFCVAESettings:
     fade_in_steps: int = setting(0, "steps over which a new facet's decoder input and KL weight rise 0 -> 1 "
                                  "(0: the data set's default; the paper used 15000)")
     progressive: bool = setting(True, "progressive training (off: all facets from step 0)")
-    gmm_init_points: int = setting(10000, "training points whose encoder outputs initialise the cluster means")
-    iwae_k: int = setting(100, "importance samples per test point for test_iwae")
+    gmm_init_points: int = setting(10000, "training points whose encoder outputs initialise the cluster means", valid=AT_LEAST_ONE)
+    iwae_k: int = setting(100, "importance samples per test point for test_iwae", valid=AT_LEAST_ONE)
     eval_points: int = setting(0, "test points for ELBO/IWAE and the clustering scores (0: all)")
     log_eval_points: int = setting(1000, "test points for the clustering accuracy logged during training")
-    eval_max_rows: int = setting(32768, "particles x points per forward pass (bounds evaluation memory)")
+    eval_max_rows: int = setting(32768, "particles x points per forward pass (bounds evaluation memory)", valid=AT_LEAST_ONE)
     threads: int = setting(1, "torch intra-op threads (0: torch's default); on a shared 2-core machine one thread per "
                            "run was 4x faster than two")
 

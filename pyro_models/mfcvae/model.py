@@ -22,6 +22,7 @@ from torch import nn
 
 from pyro_models.core import (
     DATA_PLATE,
+    POSITIVE,
     LatentSite,
     batch_size_of,
     data_plate,
@@ -52,8 +53,9 @@ class MFCVAEConfig:
     decoder_backbone: tuple[int, ...] = setting((500, 500), "decoder backbone widths per facet (mlp)")
     likelihood: str = setting("bernoulli", "p(x | z): Bernoulli, or Gaussian with a fixed scale (colour images)",
                               choices=("bernoulli", "gaussian"))
-    gaussian_scale: float = setting(0.35, "standard deviation of the Gaussian likelihood")
-    initial_variance: float = setting(0.01, "variance of every cluster after the GMM initialisation")
+    gaussian_scale: float = setting(0.35, "standard deviation of the Gaussian likelihood", valid=POSITIVE)
+    initial_variance: float = setting(0.01, "variance of every cluster after the GMM initialisation",
+                                      valid=POSITIVE)
 
     def check(self) -> None:
         if len(self.latent_dims) != len(self.clusters):

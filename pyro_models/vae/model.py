@@ -9,6 +9,7 @@ import torch
 from torch import nn
 
 from pyro_models.core import (
+    AT_LEAST_ONE,
     DATA_PLATE,
     LatentSite,
     batch_size_of,
@@ -25,7 +26,7 @@ from pyro_models.networks import KeywordInput, mlp
 @dataclass
 class VAEConfig:
     data_dim: int = derived(784)
-    latent_dim: int = setting(50, "dimension of z")
+    latent_dim: int = setting(50, "dimension of z", valid=AT_LEAST_ONE)
     decoder_hidden: tuple[int, ...] = setting((200, 200), "decoder hidden layer sizes")
     encoder_hidden: tuple[int, ...] = setting((200, 200), "encoder hidden layer sizes (amortised guides)")
 
