@@ -1,6 +1,8 @@
 """run/svi.py end to end, in subprocesses: the contract of DESIGN.md."""
 import json
 import os
+import re
+import shlex
 import signal
 import subprocess
 import sys
@@ -11,6 +13,7 @@ import torch
 from conftest import ROOT
 from helpers import module_states_equal, run_cli
 
+from lvm_app.cli import parse
 from lvm_app.registry import EXPERIMENTS
 
 # Every registered model must be listed here (a test below fails otherwise), with the flags
@@ -160,3 +163,20 @@ def test_nan_during_training_exits_1_and_keeps_the_checkpoint(tmp_path):
     assert "became non-finite at step" in message and "last good checkpoint" in message
     state = torch.load(tmp_path / "checkpoint.pt", weights_only=False)
     assert all(torch.isfinite(v).all() for s in state["modules"].values() for v in s.values())
+
+
+def documented_commands():
+    """Every ``python run/svi.py ...`` command in the code blocks of the README and docs/results
+    (continuation lines joined; synopses, commands with shell variables and elisions left out)."""
+    for path in [ROOT / "README.md", *sorted((ROOT / "docs" / "results").glob("*.md"))]:
+        text = re.sub(r"\\\n\s*", " ", path.read_text())
+        for line in text.splitlines():
+            command = line.split("#")[0] if line.startswith("    ") else ""  # code blocks only
+            command = command[command.find("python run/svi.py"):] if "python run/svi.py" in command else ""
+            if command and not any(mark in command for mark in ("...", "$", "[")):
+                yield path.name, shlex.split(command)[2:]
+
+
+@pytest.mark.parametrize("where, argv", list(documented_commands()), ids=lambda v: v if isinstance(v, str) else None)
+def test_every_documented_command_parses(where, argv):
+    parse(argv)  # SystemExit (exit 2) on a flag that does not exist or a value that is refused
