@@ -1,4 +1,5 @@
 """Where a guide's per-datapoint parameters come from: an encoder, or a free table."""
+import functools
 import inspect
 from collections.abc import Sequence
 
@@ -28,7 +29,7 @@ def call_encoder(encoder: nn.Module, args: tuple, data: dict) -> torch.Tensor:
     """The encoder on the data as the model got it. A keyword encoder (the library's take
     ``forward(x, **unused)``) gets every argument; a plain network such as ``nn.Sequential``
     (``forward(input)``) gets the one data tensor positionally."""
-    if _takes_keywords(encoder, data):
+    if _takes_keywords(type(encoder), frozenset(data)):
         return encoder(*args, **data)
     if args:
         return encoder(*args)
@@ -39,12 +40,14 @@ def call_encoder(encoder: nn.Module, args: tuple, data: dict) -> torch.Tensor:
                     "tensor: give it a forward(**data) (e.g. wrap it in pyro_models.networks.KeywordInput)")
 
 
-def _takes_keywords(encoder: nn.Module, data: dict) -> bool:
-    parameters = inspect.signature(encoder.forward).parameters.values()
+@functools.lru_cache(maxsize=None)
+def _takes_keywords(encoder_cls: type, keys: frozenset) -> bool:
+    """Whether ``encoder_cls.forward`` accepts these keywords (cached: guides call it every step)."""
+    parameters = inspect.signature(encoder_cls.forward).parameters.values()
     if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters):
         return True
     names = {p.name for p in parameters if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)}
-    return set(data) <= names
+    return keys <= names
 
 
 class BlockHead(nn.Module):

@@ -72,7 +72,7 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def gap_report(args) -> dict:
+def report_for_run(args) -> dict:
     started = time.perf_counter()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -182,7 +182,7 @@ def main(argv=None) -> int:
         print(f"run/gap.py: error: cannot write the report to {out}: {unwritable}", file=sys.stderr)
         return 2
     try:
-        report = gap_report(args)
+        report = report_for_run(args)
     except NotApplicable as why:
         print(f"run/gap.py: not applicable: {why}", file=sys.stderr)
         return 2
