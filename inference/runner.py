@@ -15,7 +15,7 @@ import torch
 from tqdm.auto import tqdm
 
 from .checkpoint import NonFiniteCheckpoint, load_checkpoint, restore_modules, save_checkpoint, set_rng_state
-from .metrics_log import MetricsLog
+from .metrics_log import MetricsLog, read_metrics
 
 CHECKPOINT_NAME = "checkpoint.pt"
 
@@ -113,17 +113,23 @@ def train(
         state = load_checkpoint(ckpt_path)
         restore_modules(state, modules)
         optimizer.load_state_dict(state["optimizer"])
+        for group in optimizer.param_groups:  # the saved state holds the old rate: a resume may lower it
+            group["lr"] = settings.lr
         set_rng_state(state["rng"])
         step = last_ckpt = state["step"]
         elapsed = state["extra"].get("elapsed_s", 0.0)
     log = MetricsLog(out_dir / "metrics.csv", resume_from_step=step if resume else None)
     clip = settings.clip_norm if settings.clip_norm is not None else math.inf
-    losses, last_row = [], {}
+    # The losses since the last log row travel in the checkpoint, so the first row after a
+    # resume averages the same steps as the uninterrupted run's row.
+    losses = list(state["extra"].get("pending_losses", [])) if resume else []
+    last_row = {}
     started = time.perf_counter() - elapsed
 
     def checkpoint(at_step):
         try:
-            save_checkpoint(ckpt_path, at_step, modules, optimizer, {"elapsed_s": time.perf_counter() - started})
+            save_checkpoint(ckpt_path, at_step, modules, optimizer,
+                            {"elapsed_s": time.perf_counter() - started, "pending_losses": list(losses)})
         except NonFiniteCheckpoint as bad:
             raise TrainingDiverged(at_step, f"a parameter ({bad})", last_ckpt, ckpt_path) from None
         return at_step
@@ -156,4 +162,7 @@ def train(
                 losses = []
             if step % settings.checkpoint_every == 0 or step == settings.steps:
                 last_ckpt = checkpoint(step)
+    if not last_row and resume:  # nothing left to train (a re-evaluation): the run's last log row
+        rows = read_metrics(log.path) if log.path.exists() else []
+        last_row = rows[-1] if rows else {}
     return {**last_row, "step": step, "elapsed_s": round(time.perf_counter() - started, 3)}

@@ -15,14 +15,19 @@ import pyro
 
 from guides import GUIDE_FAMILIES
 from inference import TrainingDiverged, TrainingInterrupted, TrainSettings, train
-from lvm_app.config_flags import add_dataclass_flags, dataclass_from_args
-from lvm_app.run_lock import RunInUse, RunLock
+from inference.checkpoint import load_checkpoint
+from lvm_app.config_flags import add_dataclass_flags, dataclass_from_args, given_fields
+from lvm_app.evaluation_protocol import PROTOCOLS, announcement, choose_protocol, settings_for
 from lvm_app.registry import EXPERIMENTS
-from pyro_models.core import check_settings
+from lvm_app.run_lock import RunInUse, RunLock
+from pyro_models.core import check_settings, evaluation_settings
 from pyro_models.datasets import DataDir, DataError
 
-# Settings that may differ between a run and its resumption.
-RESUMABLE_CHANGES = {"steps", "progress", "data_dir", "epochs"}
+# Settings that may differ between a run and its resumption: the length, where the data are, the
+# evaluation (``setting(..., evaluation=True)`` fields too), and, after a divergence, a lower
+# learning rate or a gradient clip (Adam's moments stay valid under either). Anything else would
+# make the resumed run a different experiment.
+RESUMABLE_CHANGES = {"steps", "progress", "data_dir", "epochs", "eval", "lr", "clip_norm"}
 
 
 def build_parser(experiment=None) -> argparse.ArgumentParser:
@@ -57,6 +62,10 @@ def build_parser(experiment=None) -> argparse.ArgumentParser:
     parser.add_argument("--clip-norm", type=float, help="clip the global gradient norm to this value")
     parser.add_argument("--log-every", type=int, help="steps between rows of metrics.csv")
     parser.add_argument("--checkpoint-every", type=int, help="steps between checkpoints")
+    parser.add_argument("--eval", choices=PROTOCOLS, default="auto",
+                        help="evaluation after training: 'paper', the paper's protocol; 'quick', in proportion to a "
+                             "short run; 'auto' (default), the paper's for a run of at least the model's default "
+                             "length, else quick. Evaluation flags given explicitly win; the cost is printed first")
     parser.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
     parser.add_argument("--out", help="output directory (default: runs/MODEL-DATASET-GUIDE-seedS)")
     resume = parser.add_mutually_exclusive_group()
@@ -95,6 +104,7 @@ def parse(argv):
     try:  # every setting, before any data are read or any file is written
         args.model_config = dataclass_from_args(experiment.config_cls, args)
         args.settings = dataclass_from_args(experiment.settings_cls, args)
+        args.given_settings = given_fields(experiment.settings_cls, args)
         check_settings(args.model_config)
         check_settings(args.settings)
         experiment.validate(args.model_config, args.settings, args.dataset)
@@ -131,19 +141,44 @@ def resolve(experiment, args, data) -> dict:
     }
 
 
-def check_resumable(out: Path, config: dict) -> None:
-    saved_path = out / "config.json"
+def changed_settings(saved: dict, config: dict) -> dict:
+    """{(section, key): (saved value, new value)} for every setting that differs."""
+    return {(section, key): (saved.get(section, {}).get(key), value)
+            for section in ("run", "train", "model_config", "settings")
+            for key, value in config[section].items() if saved.get(section, {}).get(key) != value}
+
+
+def check_resumable(out: Path, config: dict, evaluation_only: set[str]) -> dict:
+    """The saved config.json, if the run in ``out`` may be resumed with ``config``."""
     if not (out / "checkpoint.pt").exists():
         raise RuntimeError(f"--resume: no checkpoint.pt in {out}; start the run without --resume")
-    saved = json.loads(saved_path.read_text())
-    differences = [
-        f"{key}: {saved.get(section, {}).get(key)!r} -> {value!r}"
-        for section in ("run", "train", "model_config", "settings")
-        for key, value in config[section].items()
-        if key not in RESUMABLE_CHANGES and saved.get(section, {}).get(key) != value
-    ]
-    if differences:
-        raise RuntimeError("--resume with different settings than the saved run: " + "; ".join(differences))
+    saved = json.loads((out / "config.json").read_text())
+    allowed = RESUMABLE_CHANGES | evaluation_only
+    refused = [f"{key}: {old!r} -> {new!r}" for (_, key), (old, new) in changed_settings(saved, config).items()
+               if key not in allowed]
+    if refused:
+        raise RuntimeError("--resume with different settings than the saved run: " + "; ".join(refused)
+                           + f" (a resume may change only: {', '.join(sorted(RESUMABLE_CHANGES))} and the "
+                             "evaluation settings)")
+    return saved
+
+
+def saved_steps(out: Path) -> int:
+    try:
+        return json.loads((out / "config.json").read_text())["train"]["steps"]
+    except (OSError, ValueError, KeyError, TypeError) as error:
+        raise RuntimeError(f"--resume: {out / 'config.json'} is missing or not a run configuration ({error})") from None
+
+
+def config_after_resume(saved: dict, config: dict, checkpoint_step: int) -> dict:
+    """config.json of a resumed run: the saved one when nothing more is trained (a re-evaluation
+    leaves the run's record as it was), else the new one with each change logged in ``resumed``."""
+    if config["train"]["steps"] <= checkpoint_step:
+        return saved
+    changes = {key: [old, new] for (section, key), (old, new) in changed_settings(saved, config).items()
+               if section == "train" and key != "steps"}
+    history = saved.get("resumed", []) + ([{"at_step": checkpoint_step, "changed": changes}] if changes else [])
+    return {**config, "resumed": history} if history else config
 
 
 class UsageError(Exception):
@@ -172,15 +207,21 @@ def run(experiment, args) -> dict:
 
 
 def _run_locked(experiment, args, out: Path) -> dict:
-    if args.overwrite:  # asked for: the earlier run's files go before anything of the new one is written
-        for name in (*RUN_FILES, "best.pt"):
-            (out / name).unlink(missing_ok=True)
     data_dir = DataDir(args.data_dir)
     data = experiment.load_data(args.dataset, data_dir)
     train_config = resolve(experiment, args, data)
-    model_config, settings = args.model_config, args.settings
+    model_config = args.model_config
+    protocol, why = choose_protocol(args.eval, experiment, train_config["steps"],
+                                    experiment.train_defaults(args.dataset).steps)
+    settings = settings_for(experiment, args.settings, args.given_settings, protocol)
+    try:  # a resumed run keeps the schedule of the length it was started with
+        settings = experiment.fit_to_length(model_config, settings, args.dataset,
+                                            saved_steps(out) if args.resume else train_config["steps"],
+                                            args.given_settings)
+    except ValueError as error:
+        raise UsageError(str(error)) from None
     run_info = {"model": args.model, "dataset": args.dataset, "guide": args.guide, "local": args.local,
-                "seed": args.seed, "data_dir": str(data_dir.path)}
+                "seed": args.seed, "data_dir": str(data_dir.path), "eval": protocol}
     pyro.set_rng_seed(args.seed)
     pyro.clear_param_store()
     built = experiment.build(model_config, settings, data, args.guide, args.local)
@@ -188,7 +229,11 @@ def _run_locked(experiment, args, out: Path) -> dict:
               "model_config": json.loads(json.dumps(dataclasses.asdict(model_config))),
               "settings": dataclasses.asdict(settings)}
     if args.resume:
-        check_resumable(out, config)
+        saved = check_resumable(out, config, evaluation_settings(experiment.settings_cls))
+        config = config_after_resume(saved, config, load_checkpoint(out / "checkpoint.pt")["step"])
+    if args.overwrite:  # asked for, and everything is checked: the earlier run's files go first
+        for name in (*RUN_FILES, "best.pt"):
+            (out / name).unlink(missing_ok=True)
     (out / "config.json").write_text(json.dumps(config, indent=2) + "\n")
     last = train(
         built.objective, built.modules, experiment.batches(data, train_config["batch_size"], args.seed),
@@ -201,9 +246,14 @@ def _run_locked(experiment, args, out: Path) -> dict:
     )
     for module in built.modules.values():
         module.eval()
+    seconds_per_step = last["elapsed_s"] / last["step"] if last["step"] else None
+    line = announcement(experiment, built, settings, args.given_settings, data, train_config["batch_size"], protocol,
+                        why, seconds_per_step)
+    if line:
+        print(f"run/svi.py: {line}", file=sys.stderr)
     started = time.perf_counter()
     summary = experiment.evaluate(built, data, settings, out, args.progress)
-    summary.update({"train_steps": last["step"], "train_loss_last": last.get("loss"),
+    summary.update({"eval": protocol, "train_steps": last["step"], "train_loss_last": last.get("loss"),
                     "train_wall_s": round(last["elapsed_s"], 1), "eval_wall_s": round(time.perf_counter() - started, 1)})
     (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
     experiment.plot(built, data, out)

@@ -38,8 +38,12 @@ def add_dataclass_flags(parser: argparse.ArgumentParser, cls, title: str) -> Non
                                choices=f.metadata.get("choices"), metavar=f.name.upper(), help=help_text)
 
 
+def given_fields(cls, args: argparse.Namespace) -> set[str]:
+    """The names of the dataclass's fields whose flags the user gave."""
+    return {f.name for f in dataclasses.fields(cls)
+            if not f.metadata.get("derived") and getattr(args, f.name, None) is not None}
+
+
 def dataclass_from_args(cls, args: argparse.Namespace):
     """The dataclass with its defaults, overridden by every flag the user gave."""
-    given = {f.name: getattr(args, f.name) for f in dataclasses.fields(cls)
-             if not f.metadata.get("derived") and getattr(args, f.name, None) is not None}
-    return cls(**given)
+    return cls(**{name: getattr(args, name) for name in given_fields(cls, args)})

@@ -10,22 +10,22 @@ from guides import auxiliary_reverse_for, build_guide, guide_family, with_auxili
 from inference import ElboObjective, evaluate_importance
 from inference.schedules import kl_warmup
 from pyro_models.core import AT_LEAST_ONE, setting
-from pyro_models.datasets.vector_data import as_float, binarise_fixed
+from pyro_models.datasets.vector_data import as_float, binarise_fixed, evenly_spaced
 
 from . import plots
 from .batching import EpochBatches
-from .protocol import Built, Experiment
+from .protocol import Built, EvaluationPlan, Experiment
 
 TRAIN_EVAL_BINARISATION_SEED = 4321
 
 
 @dataclass
 class DensitySettings:
-    iwae_k: int = setting(5000, "importance samples per test point for IWAE-K", valid=AT_LEAST_ONE)
-    eval_points: int = setting(0, "test points to evaluate (0: all)")
-    train_eval_points: int = setting(0, "training points for train_elbo, one sample each (0: all)")
+    iwae_k: int = setting(5000, "importance samples per test point for IWAE-K", valid=AT_LEAST_ONE, evaluation=True)
+    eval_points: int = setting(0, "test points to evaluate (0: all)", evaluation=True)
+    train_eval_points: int = setting(0, "training points for train_elbo, one sample each (0: all)", evaluation=True)
     kl_warmup_steps: int = setting(0, "linear KL annealing from 0 to 1 over this many steps")
-    eval_max_rows: int = setting(32768, "particles x points per forward pass (bounds evaluation memory)", valid=AT_LEAST_ONE)
+    eval_max_rows: int = setting(32768, "particles x points per forward pass (bounds evaluation memory)", valid=AT_LEAST_ONE, evaluation=True)
 
 
 class DensityExperiment(Experiment):
@@ -35,6 +35,7 @@ class DensityExperiment(Experiment):
     guide_note = "its latent sites are real vectors, which the real-site families serve: ffg, planar, realnvp, auxflow"
     supports_local_guide = True
     supports_gap_report = True
+    quick_evaluation = {"iwae_k": 100, "eval_points": 1000, "train_eval_points": 10000}
     model_cls = None
 
     def build(self, config, settings, data, guide, local):
@@ -101,8 +102,9 @@ class DensityExperiment(Experiment):
             n_train = settings.train_eval_points or train_x.shape[0]
             train = evaluate_importance(program, guide, {"x": train_x[:n_train]}, 1, desc="train ELBO", **common)
             summary.update({"train_elbo": train.elbo.double().mean().item(), "num_train_points": n_train})
-            label, n = "test", settings.eval_points or data.test.shape[0]
-            points = {"x": data.test[:n]}
+            label = "test"
+            points = {"x": data.test[evenly_spaced(settings.eval_points, data.test.shape[0])]}
+            n = points["x"].shape[0]
         else:  # a local guide has parameters for training points only: score those
             label, n = "train", settings.eval_points or train_x.shape[0]
             points = {"x": train_x[:n], "idx": torch.arange(n)}
@@ -113,6 +115,17 @@ class DensityExperiment(Experiment):
         summary.update({"iwae_k": settings.iwae_k, f"num_{label}_points": n})
         summary.update(self.exact_metrics(model, points["x"], label))
         return summary
+
+    def evaluation_plan(self, built, data, settings, batch_size):
+        num_train, num_test = data.train.shape[0], data.test.shape[0]
+        k = settings.iwae_k
+        if not built.guide.amortised:
+            n = min(settings.eval_points or num_train, num_train)
+            return EvaluationPlan(f"IWAE-{k} on {n} training points", k * n)
+        n_train = min(settings.train_eval_points or num_train, num_train)
+        n_test = min(settings.eval_points or num_test, num_test)
+        return EvaluationPlan(f"the ELBO on {n_train} training points and IWAE-{k} on {n_test} test points",
+                              n_train + k * n_test)
 
     def exact_metrics(self, model, x, label) -> dict:
         return {}

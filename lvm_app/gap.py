@@ -42,14 +42,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--guide", choices=sorted(GUIDE_FAMILIES),
                    help="family of the local q* (default: the run's guide; another family is allowed only if it "
                         "shares no networks, and is then started from the prior)")
-    p.add_argument("--num-points", type=int, default=1000, help="training points to evaluate (default: 1000)")
+    p.add_argument("--num-points", type=int, default=100, help="points to evaluate, the first of the split (default: "
+                   "100; the cost, printed first, grows with it)")
     p.add_argument("--split", choices=["train", "test"], default="train", help="which split (default: train, as the paper)")
     p.add_argument("--ais-steps", type=int, default=1000, help="AIS intermediate distributions (default: 1000)")
     p.add_argument("--ais-chains", type=int, default=16, help="AIS chains per data point (default: 16)")
     p.add_argument("--ais-leapfrog", type=int, default=10, help="leapfrog steps per HMC transition (default: 10)")
     p.add_argument("--ais-schedule", choices=["sigmoid", "linear"], default="sigmoid")
-    p.add_argument("--bdmc-points", type=int, default=100,
-                   help="points simulated from the model for the BDMC bracket (0: skip; default: 100)")
+    p.add_argument("--bdmc-points", type=int, default=25,
+                   help="points simulated from the model for the BDMC bracket (0: skip; default: 25)")
     p.add_argument("--convergence-points", type=int, default=25,
                    help="re-run AIS with 2x the steps on this many points and check the change (0: skip; default: 25)")
     p.add_argument("--check-tolerance", type=float, default=0.1,

@@ -2,6 +2,7 @@
 flags become ``inference.gap_report.GapSettings`` and the run's modules the model, the guide and
 the program that scores it; the estimates are ``inference.gap_report.continuous_estimates``."""
 import math
+import sys
 import time
 
 import torch
@@ -11,6 +12,7 @@ from inference.ais import AISSettings
 from inference.gap_estimates import GapEstimates
 from inference.gap_report import GapSettings, continuous_estimates
 from inference.local_opt import LocalOptSettings
+from lvm_app.gap_plan import plan_line
 from pyro_models.networks import linear_flops
 
 
@@ -62,6 +64,7 @@ def continuous_run_estimates(args, run, points: dict) -> GapEstimates:
     if not all(site.support == "real" for site in model.latent_sites):
         raise NotApplicable(f"model {experiment.name!r} has discrete latents and no gap_estimates() of its own")
     family, init = local_family_for(args, run)
+    print(f"run/gap.py: plan: {plan_line(args, run, next(iter(points.values())).shape[0])}", file=sys.stderr)
     local_guide = guide if family == run.config["run"]["guide"] else build_guide(
         guide_family(family), model.latent_sites, num_points=1)
     estimates = continuous_estimates(

@@ -40,6 +40,15 @@ class Built:
     info: dict = field(default_factory=dict)
 
 
+@dataclass
+class EvaluationPlan:
+    """What the final evaluation computes, in words, and its cost in single-point forward passes
+    of model and guide (the CLI turns that into seconds at the run's own training speed)."""
+
+    description: str
+    point_passes: float
+
+
 class Experiment:
     """Subclasses fill in the class attributes and the methods below."""
 
@@ -52,6 +61,9 @@ class Experiment:
     guides: tuple[str, ...] = ()
     default_guide: str | None = None
     guide_note: str = ""  # which guide families apply, and why (--help and the error for another one)
+    # --eval quick: evaluation settings in proportion to a short run (the settings' defaults are
+    # the paper's protocol, --eval paper); empty when the paper's evaluation is already cheap.
+    quick_evaluation: dict = {}
     supports_local_guide: bool = False
     supports_gap_report: bool = False  # run/gap.py applies (evaluation_points is implemented)
     own_gap_estimator: bool = False  # gap_estimates is implemented (else AIS, IWAE and local q* apply)
@@ -62,6 +74,11 @@ class Experiment:
     def validate(self, config, settings, dataset: str) -> None:
         """Refuse (ValueError, one line naming the flag) settings that only this model can judge;
         called before any data are read or any file is written."""
+
+    def fit_to_length(self, config, settings, dataset: str, steps: int, given: set[str]):
+        """The settings for a run of ``steps`` (e.g. schedules that must fit in it); ``given``: the
+        settings named on the command line. ValueError (one line) where they cannot fit."""
+        return settings
 
     def load_data(self, dataset: str, data_dir):
         raise NotImplementedError
@@ -87,6 +104,10 @@ class Experiment:
     def evaluate(self, built: Built, data, settings, out_dir: Path, progress: bool) -> dict:
         """Final metrics for summary.json (``out_dir`` holds metrics.csv; other files may go there)."""
         raise NotImplementedError
+
+    def evaluation_plan(self, built: Built, data, settings, batch_size: int) -> EvaluationPlan | None:
+        """What ``evaluate`` will compute with these settings and what it costs (None: not estimated)."""
+        return None
 
     def plot(self, built: Built, data, out_dir: Path) -> list[Path]:
         return []

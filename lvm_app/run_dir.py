@@ -24,6 +24,7 @@ class LoadedRun:
     data: object
     built: Built
     step: int
+    train_elapsed_s: float | None = None  # training time over all sessions, as the checkpoint saw it
 
 
 def _dataclass_from_json(cls, values: dict):
@@ -67,4 +68,5 @@ def load_run(path, data_dir=None) -> LoadedRun:
     restore_modules(state, built.modules)
     for module in built.modules.values():
         module.eval()
-    return LoadedRun(path, config, experiment, model_config, settings, data, built, state["step"])
+    return LoadedRun(path, config, experiment, model_config, settings, data, built, state["step"],
+                     state["extra"].get("elapsed_s"))

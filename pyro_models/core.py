@@ -48,13 +48,19 @@ def softplus_inverse(y: float, beta: float = 1.0) -> float:
     return math.log(math.expm1(beta * y)) / beta
 
 
-def setting(default, help: str, choices=None, valid: tuple[str, Callable] | None = None):
+def setting(default, help: str, choices=None, valid: tuple[str, Callable] | None = None, evaluation: bool = False):
     """A dataclass field with the help text (and choices) its command-line flag shows.
 
     ``valid``: (what a valid value is, a predicate), applied to the value or to each element of a
     tuple (see ``check_settings``, which also refuses non-finite floats, negative integers and
-    empty tuples everywhere)."""
-    return field(default=default, metadata={"help": help, "choices": choices, "valid": valid})
+    empty tuples everywhere). ``evaluation``: the setting only shapes the final evaluation (never
+    training or what is logged during it), so a finished run may be re-evaluated with another value."""
+    return field(default=default, metadata={"help": help, "choices": choices, "valid": valid, "evaluation": evaluation})
+
+
+def evaluation_settings(cls) -> set[str]:
+    """The names of a settings dataclass's evaluation-only fields (``setting(..., evaluation=True)``)."""
+    return {f.name for f in dataclasses.fields(cls) if f.metadata.get("evaluation")}
 
 
 POSITIVE = ("positive", lambda value: value > 0)

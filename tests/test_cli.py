@@ -150,8 +150,8 @@ def test_resume_refuses_changed_settings(tmp_path):
     first = run_cli("--model", "linear_gaussian", "--steps", "3", "--out", tmp_path, "--iwae-k", "2")
     assert first.returncode == 0, first.stderr
     again = run_cli("--model", "linear_gaussian", "--steps", "6", "--out", tmp_path, "--iwae-k", "2",
-                    "--lr", "0.5", "--resume")
-    assert again.returncode == 1 and "lr" in again.stderr
+                    "--batch-size", "50", "--resume")
+    assert again.returncode == 1 and "batch_size" in again.stderr
 
 
 def test_nan_during_training_exits_1_and_keeps_the_checkpoint(tmp_path):

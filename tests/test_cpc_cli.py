@@ -19,7 +19,8 @@ TINY = ["--width", "8", "--context-dim", "8", "--prediction-steps", "4", "--wind
 
 def test_summary_keys_and_plots(tmp_path):
     data = write_tiny_fsdd(tmp_path / "data")
-    result = run_cli("--model", "cpc", "--data-dir", data, "--steps", "3", "--out", tmp_path / "run", *TINY)
+    result = run_cli("--model", "cpc", "--data-dir", data, "--steps", "3", "--out", tmp_path / "run", "--eval", "paper",
+                     *TINY)  # the paper's protocol: every baseline (a quick one leaves out the supervised ones)
     assert result.returncode == 0, result.stderr
     summary = json.loads((tmp_path / "run" / "summary.json").read_text())
     for key in KEYS:

@@ -7,7 +7,9 @@ import pytest
 import torch
 
 from pyro_models.datasets import IMAGE_DATASETS, DataDir, DataError
+from pyro_models.datasets import fashion_mnist as fm
 from pyro_models.datasets.fashion_mnist import FILES, load_fashion_mnist
+from pyro_models.datasets.files import md5_of
 
 
 def write_idx(path, array: np.ndarray):
@@ -18,7 +20,7 @@ def write_idx(path, array: np.ndarray):
 
 
 @pytest.fixture
-def fixture_dir(tmp_path):
+def fixture_dir(tmp_path, monkeypatch):
     rng = np.random.default_rng(0)
     folder = tmp_path / "fashion_mnist"
     folder.mkdir()
@@ -26,6 +28,7 @@ def fixture_dir(tmp_path):
     write_idx(folder / "train-labels-idx1-ubyte.gz", rng.integers(0, 10, 12))
     write_idx(folder / "t10k-images-idx3-ubyte.gz", rng.integers(0, 256, (4, 28, 28)))
     write_idx(folder / "t10k-labels-idx1-ubyte.gz", rng.integers(0, 10, 4))
+    monkeypatch.setattr(fm, "MD5", {name: md5_of(folder / name) for name in FILES})  # the fixture's own sums
     return tmp_path
 
 

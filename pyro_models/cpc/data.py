@@ -4,7 +4,9 @@ one phone label per 10 ms frame (frame t = samples [160 t, 160 t + 160)).
 - FSDD (``fsdd/`` in the data directory): 3000 recordings ``{digit}_{speaker}_{index}.wav`` at
   8 kHz, resampled to 16 kHz with torchaudio; official split: index 0-4 test, 5-49 train; phone
   labels from ``fsdd/fsdd_converted_aligned_phones.txt`` (20 classes, 2983 files),
-  class names from ``fsdd/fsdd_phone_index.txt``.
+  class names from ``fsdd/fsdd_phone_index.txt``. Every recording must be a complete WAV file
+  with samples; those with an FSDD v1.0.10 name must match its sha256 (``fsdd_checksums.py``),
+  and then the two label files must match theirs.
 - LibriSpeech train-clean-100 (``LibriSpeech/train-clean-100/{speaker}/{chapter}/
   {speaker}-{chapter}-{utterance}.flac``, the layout of the released tarball), with the CPC paper's
   split (``librispeech100_cpc_splits/{train,test}_split.txt``) and, when the file
@@ -14,13 +16,16 @@ one phone label per 10 ms frame (frame t = samples [160 t, 160 t + 160)).
 Label files have one line per utterance: ``utterance_id label label ...`` (the format of the CPC
 release's ``converted_aligned_phones.txt``).
 """
+import hashlib
+import io
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from pyro_models.datasets.files import DataDir, DataError
+from pyro_models.cpc.fsdd_checksums import recording_sums
+from pyro_models.datasets.files import DataDir, DataError, check_digest, decode_lines, verify_checksum
 
 SAMPLE_RATE = 16000
 FRAME = 160
@@ -29,6 +34,10 @@ FSDD_RATE = 8000
 FSDD_TEST_INDICES = range(5)
 FSDD_LABELS = "fsdd/fsdd_converted_aligned_phones.txt"
 FSDD_PHONES = "fsdd/fsdd_phone_index.txt"
+FSDD_LABEL_SHA256 = {  # as in shared/data/SHA256SUMS (labels made for this project, see its README)
+    FSDD_LABELS: "4ad091a2b20388d2c180bbefd0a1d64e669c1eba193ed8cab6b6d34e53e1784b",
+    FSDD_PHONES: "9e63ee0a2a1030d3c8f04edd2c7a165e2c0bc9bee331cfee60644330198912f2",
+}
 LIBRI_AUDIO = "LibriSpeech/train-clean-100"
 LIBRI_SPLITS = "librispeech100_cpc_splits"
 LIBRI_LABELS = f"{LIBRI_SPLITS}/converted_aligned_phones.txt"
@@ -71,21 +80,38 @@ class SpeechCorpus:
 
 def read_phone_labels(path: Path) -> dict[str, torch.Tensor]:
     labels = {}
-    with open(path) as f:
-        for number, line in enumerate(f, 1):
-            parts = line.split()
-            if not parts:
-                continue
-            try:
-                labels[parts[0]] = torch.tensor([int(p) for p in parts[1:]], dtype=torch.long)
-            except ValueError:
-                raise DataError(f"{path}, line {number}: expected 'utterance_id label label ...' with integer labels")
+    for number, line in enumerate(decode_lines(path, path.read_bytes()), 1):
+        parts = line.split()
+        if not parts:
+            continue
+        try:
+            labels[parts[0]] = torch.tensor([int(p) for p in parts[1:]], dtype=torch.long)
+        except ValueError:
+            raise DataError(f"{path}, line {number}: expected 'utterance_id label label ...' with integer labels")
     return labels
+
+
+def read_phone_index(path: Path) -> list[str]:
+    """Phone names from lines ``index name``, indices 0, 1, 2, ... in order."""
+    names = []
+    for number, line in enumerate(decode_lines(path, path.read_bytes()), 1):
+        parts = line.split()
+        if not parts:
+            continue
+        if len(parts) != 2 or parts[0] != str(len(names)):
+            raise DataError(f"{path}, line {number}: expected 'index phone' with indices 0, 1, 2, ... in order, "
+                            f"got {line[:80]!r}")
+        names.append(parts[1])
+    return names
 
 
 FSDD_HOW = ("copy the Free Spoken Digit Dataset v1.0.10 (github.com/Jakobovski/free-spoken-digit-dataset: "
             "recordings/*.wav) and its phone-label files into fsdd/ there (the layout of shared/data, see its README), "
             "or point --data-dir or $PYRO_MODELS_DATA at a directory that has them")
+FSDD_REFETCH = ("delete it and copy it again from the Free Spoken Digit Dataset v1.0.10 "
+                "(github.com/Jakobovski/free-spoken-digit-dataset, recordings/)")
+FSDD_LABELS_REFETCH = "delete it and copy it again from fsdd/ of shared/data (see its README)"
+OWN_RECORDING_FIX = "replace it with a complete WAV recording or remove it from recordings/"
 LIBRI_HOW = ("put the CPC split files (train_split.txt, test_split.txt of the CPC release) into "
              f"{LIBRI_SPLITS}/ there, or point --data-dir or $PYRO_MODELS_DATA at a directory that has them")
 
@@ -110,9 +136,15 @@ def load_fsdd(data_dir: DataDir) -> SpeechCorpus:
     files = sorted(folder.glob("*.wav"))
     if not files:
         raise DataError(f"no .wav file in {folder}: {FSDD_HOW}")
-    phone_names = [line.split()[1] for line in _require(data_dir, FSDD_PHONES, FSDD_HOW).read_text().splitlines()
-                   if line.strip()]
+    phones_path = _require(data_dir, FSDD_PHONES, FSDD_HOW)
     labels_path = _require(data_dir, FSDD_LABELS, FSDD_HOW)
+    sums = recording_sums()
+    if any(path.name in sums for path in files):
+        # FSDD's own recordings: its labels are the released ones (a directory of other
+        # recordings in the FSDD layout, e.g. the tests' tiny corpora, brings its own labels)
+        for relative, sha256 in FSDD_LABEL_SHA256.items():
+            verify_checksum(data_dir.path / relative, sha256, how=FSDD_LABELS_REFETCH)
+    phone_names = read_phone_index(phones_path)
     labels = read_phone_labels(labels_path)
     _check_labels(labels, len(phone_names), labels_path)
     parsed = []
@@ -122,6 +154,10 @@ def load_fsdd(data_dir: DataDir) -> SpeechCorpus:
             raise DataError(f"{path}: FSDD file names are {{digit}}_{{speaker}}_{{index}}.wav")
         parsed.append((path, parts[1], int(parts[2])))
     speakers = sorted({speaker for _, speaker, _ in parsed})
+    # All files checked before any is decoded: a bad one fails in a tenth of a second, not after
+    # a second of resampling. Each file is read once (then decoded from memory), so the checks add
+    # only the hashing: about 0.015 s for the 27 MB of all 3000, no need to cache the result.
+    parsed = [(path, speaker, index, _read_wav_bytes(path, sums.get(path.name))) for path, speaker, index in parsed]
     resample = AT.Resample(FSDD_RATE, SAMPLE_RATE)  # the windowed-sinc kernel, computed once
     train, test = [], []
     threads = torch.get_num_threads()
@@ -133,11 +169,53 @@ def load_fsdd(data_dir: DataDir) -> SpeechCorpus:
     return SpeechCorpus("fsdd", train, test, speakers, phone_names)
 
 
-def _read_fsdd(parsed, speakers, labels, resample, train, test):
+def _read_wav_bytes(path: Path, sha256_prefix: str | None) -> bytes:
+    """The bytes of a recording that is a complete WAV file and, for an FSDD name, FSDD's own."""
+    raw = path.read_bytes()
+    how = OWN_RECORDING_FIX if sha256_prefix is None else FSDD_REFETCH
+    _check_wav_structure(path, raw, how)
+    if sha256_prefix is not None:
+        check_digest(path, hashlib.sha256(raw).hexdigest(), sha256_prefix, how=how)
+    return raw
+
+
+def _check_wav_structure(path: Path, raw: bytes, how: str) -> None:
+    """A RIFF/WAVE header and a 'data' chunk with samples, all of them in the file: libsndfile
+    reads a truncated file without complaint (it returns the samples that are there)."""
+    if len(raw) < 12 or raw[:4] != b"RIFF" or raw[8:12] != b"WAVE":
+        raise DataError(f"{path} is not a WAV file (it does not start with a RIFF/WAVE header); {how}")
+    position = 12
+    while position + 8 <= len(raw):
+        chunk, size = raw[position:position + 4], int.from_bytes(raw[position + 4:position + 8], "little")
+        if chunk == b"data":
+            available = len(raw) - position - 8
+            if available == 0:
+                raise DataError(f"{path} has a WAV header but no samples (an empty or truncated file); {how}")
+            if size > available and size != 0xFFFFFFFF:  # 0xFFFFFFFF: size unknown (written as a stream)
+                raise DataError(f"{path} is truncated: its WAV header announces {size} bytes of samples, the file "
+                                f"holds {available}; {how}")
+            return
+        position += 8 + size + (size & 1)
+    raise DataError(f"{path} is not a complete WAV file (no 'data' chunk: truncated in its header or corrupt); {how}")
+
+
+def _decode_wav(path: Path, raw: bytes, how: str) -> tuple[np.ndarray, int]:
     import soundfile
 
-    for path, speaker, index in parsed:
-        data, rate = soundfile.read(path, dtype="float32", always_2d=True)
+    try:
+        data, rate = soundfile.read(io.BytesIO(raw), dtype="float32", always_2d=True)
+    except RuntimeError as error:  # soundfile.LibsndfileError: unknown format, broken header
+        reason = getattr(error, "error_string", None) or str(error)
+        raise DataError(f"cannot read {path} as a WAV file ({reason.rstrip('.')}); {how}") from None
+    if len(data) == 0:
+        raise DataError(f"{path} has a WAV header but no samples (an empty or truncated file); {how}")
+    return data, rate
+
+
+def _read_fsdd(parsed, speakers, labels, resample, train, test):
+    sums = recording_sums()
+    for path, speaker, index, raw in parsed:
+        data, rate = _decode_wav(path, raw, FSDD_REFETCH if path.name in sums else OWN_RECORDING_FIX)
         if rate != FSDD_RATE:
             raise DataError(f"{path}: sample rate {rate} Hz, FSDD is {FSDD_RATE} Hz")
         with torch.no_grad():

@@ -28,7 +28,7 @@ from tqdm.auto import tqdm
 from inference import LossObjective
 from inference.infonce import MODES, info_nce
 from lvm_app import plots
-from lvm_app.protocol import Built, Experiment, TrainDefaults, set_threads, setting
+from lvm_app.protocol import Built, EvaluationPlan, Experiment, TrainDefaults, set_threads, setting
 from pyro_models.core import AT_LEAST_ONE
 from pyro_models.cpc.data import FRAME, SAMPLE_RATE, SPEECH_DATASETS, WindowBatches
 from pyro_models.cpc.model import CPC, ConvEncoder, CPCConfig, paper_layers, parse_layers
@@ -47,14 +47,14 @@ class CPCSettings:
     num_negatives: int = setting(0, "negatives per anchor, drawn with replacement (0: every eligible time step)")
     eval_batches: int = setting(8, "batches of test windows for the InfoNCE accuracy (logged and final)", valid=AT_LEAST_ONE)
     speaker_pool: str = setting("mean", "utterance feature for the speaker probe: mean or last c_t",
-                                choices=["mean", "last"])
-    probe_iterations: int = setting(300, "L-BFGS iterations of each linear probe")
-    probe_weight_decay: float = setting(1e-4, "L2 penalty of the linear probes")
+                                choices=["mean", "last"], evaluation=True)
+    probe_iterations: int = setting(300, "L-BFGS iterations of each linear probe", evaluation=True)
+    probe_weight_decay: float = setting(1e-4, "L2 penalty of the linear probes", evaluation=True)
     probe_utterances: int = setting(0, "use only N evenly spaced train and N test utterances for probes and "
-                                    "baselines (0: all; for quick checks)")
-    baselines: str = setting("random,mfcc,supervised", "baselines to compute, comma-separated (empty: none)")
+                                    "baselines (0: all; for quick checks)", evaluation=True)
+    baselines: str = setting("random,mfcc,supervised", "baselines to compute, comma-separated (empty: none)", evaluation=True)
     supervised_steps: int = setting(1000, "training steps of each supervised baseline (speaker, phone), with the "
-                                    "run's batch size and learning rate")
+                                    "run's batch size and learning rate", evaluation=True)
     threads: int = setting(1, "torch intra-op threads (0: torch's default)")
 
 
@@ -78,6 +78,7 @@ class CPCExperiment(Experiment):
     default_guide = None
     guide_note = "it is not a latent-variable model (InfoNCE on a deterministic encoder): it takes no guide"
     supports_local_guide = False
+    quick_evaluation = {"baselines": "random,mfcc"}  # the supervised baselines are trainings of their own
 
     def train_defaults(self, dataset):
         return TrainDefaults(steps=3000, batch_size=32, lr=2e-4, log_every=100, checkpoint_every=500)
@@ -153,6 +154,9 @@ class CPCExperiment(Experiment):
 
         return log
 
+    def evaluation_plan(self, built, data, settings, batch_size):
+        return _evaluation_plan(data, settings, settings.window or DEFAULT_WINDOW[self.dataset], batch_size)
+
     def evaluate(self, built, data, settings, out_dir, progress):
         model, config = built.model, built.model.config
         out_dir = Path(out_dir)
@@ -222,6 +226,20 @@ class CPCExperiment(Experiment):
                                      ylabel="InfoNCE loss (train windows)"),
                 accuracy_per_k(summary, out_dir / "infonce_accuracy.png"),
                 probe_table(summary, out_dir / "probes.png")]
+
+
+def _evaluation_plan(data, settings, window: int, batch_size: int) -> EvaluationPlan:
+    """In training windows: the features of every probe utterance (CPC's, and the random
+    encoder's), and each supervised baseline's steps (a forward and backward pass, 3 windows' worth)."""
+    utterances = spread(data.train, settings.probe_utterances) + spread(data.test, settings.probe_utterances)
+    feature_windows = sum(u.num_samples for u in utterances) / window
+    chosen = parse_baselines(settings.baselines)
+    encoders = 1 + ("random" in chosen)
+    supervised = 2 * settings.supervised_steps * batch_size * 3 if "supervised" in chosen else 0
+    what = f"linear probes on {len(utterances)} utterances" + (f", baselines {', '.join(chosen)}" if chosen else "")
+    if supervised:
+        what += f" (supervised: 2 x {settings.supervised_steps} steps)"
+    return EvaluationPlan(what, encoders * feature_windows + supervised)
 
 
 def spread(utterances: list, n: int) -> list:

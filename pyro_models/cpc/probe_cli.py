@@ -6,11 +6,14 @@ Rewrites DIR/summary.json and the plots. Exit status: 0 success, 2 bad usage, 1 
 import argparse
 import dataclasses
 import json
+import math
 import sys
 import time
+from pathlib import Path
 
 from inference.checkpoint import load_checkpoint
 from lvm_app.run_dir import load_run
+from lvm_app.run_lock import RunInUse, RunLock
 from pyro_models.cpc.experiment import BASELINES, parse_baselines
 from pyro_models.datasets import DataError
 
@@ -38,10 +41,22 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+class NotACPCRun(ValueError):
+    """Bad usage: the directory holds no run, or another model's."""
+
+
 def run(args) -> dict:
+    if not (Path(args.run) / "config.json").exists():
+        raise NotACPCRun(f"{args.run} is not a run directory: no config.json (train one with run/svi.py --model cpc "
+                         f"--out {args.run})")
+    with RunLock(args.run):
+        return _run_locked(args)
+
+
+def _run_locked(args) -> dict:
     loaded = load_run(args.run, args.data_dir)
     if loaded.config["run"]["model"] != "cpc":
-        raise ValueError(f"{args.run} is a {loaded.config['run']['model']} run; run/probe.py evaluates cpc runs")
+        raise NotACPCRun(f"{args.run} is a {loaded.config['run']['model']} run; run/probe.py evaluates cpc runs")
     changes = {name: getattr(args, name) for name in OVERRIDABLE if getattr(args, name) is not None}
     settings = dataclasses.replace(loaded.settings, **changes)
     if settings.threads > 0:
@@ -77,8 +92,24 @@ def main(argv=None) -> int:
             parser.error(f"--{name.replace('_', '-')} must be positive, got {value}")
     if args.probe_utterances is not None and args.probe_utterances < 0:
         parser.error("--probe-utterances must be 0 (all) or positive")
+    if args.probe_weight_decay is not None and not (math.isfinite(args.probe_weight_decay) and args.probe_weight_decay >= 0):
+        parser.error(f"--probe-weight-decay must be finite and not negative, got {args.probe_weight_decay}")
+    if args.threads is not None and args.threads < 0:
+        parser.error(f"--threads must not be negative, got {args.threads}")
+    if args.baselines is not None:
+        try:
+            parse_baselines(args.baselines)
+        except ValueError as error:
+            parser.error(str(error))
     try:
         run(args)
+    except (NotACPCRun, RunInUse) as error:
+        print(f"run/probe.py: error: {error}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"run/probe.py: interrupted; {args.run}'s checkpoint is untouched (run the same command again)",
+              file=sys.stderr)
+        return 130
     except (DataError, RuntimeError, ValueError, OSError) as error:
         if args.traceback:
             raise

@@ -1,20 +1,27 @@
 """Fashion-MNIST (Xiao et al. 2017): 28x28 grey-level clothing images, binarised like MNIST
 (training images re-binarised at every step, evaluation splits binarised once with a fixed seed).
 
-Read from the four IDX ``.gz`` files in ``fashion_mnist/`` with the MNIST IDX reader; without
-them, torchvision downloads them into the cache directory. The last 10000 training images are
-held out as the validation split, as for MNIST.
+Read from the four canonical IDX ``.gz`` files in ``fashion_mnist/`` (md5 checked against the
+published sums, the ones torchvision's ``FashionMNIST.resources`` lists) with the MNIST IDX reader;
+without them, torchvision downloads the same files into the cache directory. The last 10000
+training images are held out as the validation split, as for MNIST.
 """
 import numpy as np
 import torch
 
-from pyro_models.datasets.files import DataDir, DataError
+from pyro_models.datasets.files import DataDir, DataError, verify_checksum
 from pyro_models.datasets.mnist import read_idx
 from pyro_models.datasets.vector_data import VectorData, binarise_fixed
 
 FOLDER = "fashion_mnist"
-FILES = ("train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz",
-         "t10k-images-idx3-ubyte.gz", "t10k-labels-idx1-ubyte.gz")
+# The published md5 of the canonical files (Zalando's release; torchvision 0.29 FashionMNIST.resources)
+MD5 = {
+    "train-images-idx3-ubyte.gz": "8d4fb7e6c68d591d4c3dfef9ec88bf0d",
+    "train-labels-idx1-ubyte.gz": "25c81989df183df01b3e8a0aad5dffbe",
+    "t10k-images-idx3-ubyte.gz": "bef4ecab320f06d8554ea6380940ec79",
+    "t10k-labels-idx1-ubyte.gz": "bb300cfdad3c16e7a12a480ee83cd310",
+}
+FILES = tuple(MD5)
 EVAL_BINARISATION_SEED = 2345
 NUM_VALID = 10000
 
@@ -24,8 +31,11 @@ def load_fashion_mnist(data_dir: DataDir) -> VectorData:
     if not all((folder / name).exists() for name in FILES):
         if not data_dir.can_download:
             missing = next(name for name in FILES if not (folder / name).exists())
-            raise data_dir.missing(f"{FOLDER}/{missing}")
+            raise data_dir.missing(f"{FOLDER}/{missing}", hint="; Fashion-MNIST's four .gz files are those of "
+                                   "github.com/zalandoresearch/fashion-mnist (data/fashion/)")
         _download_with_torchvision(folder)
+    for name in FILES:
+        verify_checksum(folder / name, MD5[name], "md5")
     images = {split: read_idx(folder / f"{split}-images-idx3-ubyte.gz") for split in ("train", "t10k")}
     labels = {split: read_idx(folder / f"{split}-labels-idx1-ubyte.gz") for split in ("train", "t10k")}
     for split in ("train", "t10k"):

@@ -59,13 +59,38 @@ def md5_of(path: Path) -> str:
     return digest.hexdigest()
 
 
-def verify_checksum(path: Path, expected: str, algorithm: str = "sha256") -> None:
-    actual = (sha256_of if algorithm == "sha256" else md5_of)(path)
-    if actual != expected:
+REFETCH = "delete it and copy or download it again"
+
+
+def verify_checksum(path: Path, expected: str, algorithm: str = "sha256", how: str = REFETCH) -> None:
+    check_digest(path, (sha256_of if algorithm == "sha256" else md5_of)(path), expected, algorithm, how)
+
+
+def check_digest(path: Path, actual: str, expected: str, algorithm: str = "sha256", how: str = REFETCH) -> None:
+    """``actual``: the hex digest of ``path``; ``expected`` may be a prefix of it (a shortened sum).
+    ``how``: what to do about a mismatch (where to fetch the file again)."""
+    if not expected or not actual.startswith(expected):
+        shortened = "" if len(expected) == len(actual) else f" (its first {len(expected)} hex digits)"
         raise DataError(
-            f"checksum mismatch for {path}: {algorithm} {actual}, expected {expected}; the file is "
-            "truncated or corrupt: delete it and copy or download it again"
+            f"checksum mismatch for {path}: {algorithm} {actual}, expected {expected}{shortened}; the file is "
+            f"truncated or corrupt: {how}"
         )
+
+
+def decode_lines(path: Path, raw: bytes, how: str = REFETCH) -> list[str]:
+    """The UTF-8 text lines of ``raw`` (the bytes of ``path``), without their newlines; bytes that are
+    not UTF-8 are a DataError naming the file and the line."""
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as error:
+        line = raw.count(b"\n", 0, error.start) + 1
+        column = error.start - (raw.rfind(b"\n", 0, error.start) + 1) + 1
+        raise DataError(
+            f"{path}, line {line}: not UTF-8 text (byte 0x{raw[error.start]:02x}, byte {column} of the line); the file is "
+            f"corrupt or in another encoding: {how}"
+        ) from None
+    lines = text.split("\n")
+    return lines[:-1] if lines[-1] == "" else lines
 
 
 def download(url: str, target: Path) -> None:

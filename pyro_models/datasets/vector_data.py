@@ -32,6 +32,15 @@ class VectorData:
         return self.train.shape[1]
 
 
+def evenly_spaced(n: int, total: int) -> torch.Tensor:
+    """Indices of ``n`` points spread evenly over ``total`` (all of them when n is 0 or at least
+    ``total``). A subset of a split must not be its first n points: binarised MNIST's test split
+    is ordered by class, so its first 1000 images are all zeros."""
+    if not n or n >= total:
+        return torch.arange(total)
+    return torch.linspace(0, total - 1, n).round().long()
+
+
 def as_float(x: torch.Tensor) -> torch.Tensor:
     """Pixels as floats in [0, 1]: uint8 images (kept compact in memory) are scaled here."""
     return x.float() / 255.0 if x.dtype == torch.uint8 else x

@@ -1,21 +1,32 @@
 """SIGMORPHON 2016 task 1, Spanish: the inflected forms (last column) as character sequences.
 
 Files ``sigmorphon2016/spanish-task1-{train,dev,test}`` in the data directory (lines
-``lemma<TAB>features<TAB>inflected form``, UTF-8). Words longer than ``max_length`` characters
+``lemma<TAB>features<TAB>inflected form``, UTF-8), from the shared task's repository
+(https://github.com/ryancotterell/sigmorphon2016, folder ``data/``); their sha256 is checked and
+a malformed line is refused with its number. Words longer than ``max_length`` characters
 are dropped. The vocabulary holds the characters of train + dev plus four symbols: PAD (0), UNK
 (1), BOS (2, the decoder's first input) and EOS (3, scored after the last character).
 
 A word of n characters is stored as n + 1 token ids (its characters, then EOS), right-padded
 with PAD; ``lengths`` counts the EOS, so it is also the number of scored symbols.
 """
+import hashlib
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 
-from pyro_models.datasets.files import DataDir, DataError
+from pyro_models.datasets.files import DataDir, DataError, check_digest, decode_lines
 
 FOLDER = "sigmorphon2016"
 SPLITS = ("train", "dev", "test")
+SHA256 = {  # of the copies in shared/data (its SHA256SUMS), taken from the shared task's repository
+    "train": "d66985d60e6ebf0881b2a2a5f1c263db24ab0e6bce0b53434d989d6ba4730353",
+    "dev": "d492f5634a5ca39e47aa590031ca5c4261cf775df7ea43455880e1b3549935ab",
+    "test": "a5bcb345c732168a9adf5f8ebe513b4e9c427e4de20276196128ee7ee1a56d2e",
+}
+SOURCE = "https://github.com/ryancotterell/sigmorphon2016"
+REFETCH = f"delete it and copy it again from {SOURCE} (folder data/)"
 PAD, UNK, BOS, EOS = 0, 1, 2, 3
 SPECIALS = ("<pad>", "<unk>", "<s>", "</s>")
 
@@ -78,17 +89,24 @@ def encode_words(words: list[str], vocab: Vocabulary, max_length: int) -> Words:
     return Words(list(words), tokens, lengths)
 
 
-def read_forms(path) -> list[str]:
+def read_forms(path, raw: bytes | None = None) -> list[str]:
+    """The inflected forms (third column) of a task-1 file; ``raw``: its bytes, if already read.
+
+    Every line must be ``lemma<TAB>features<TAB>form`` with three non-empty fields (an empty line
+    too is refused): a DataError names the file and the line."""
+    path = Path(path)
+    lines = decode_lines(path, path.read_bytes() if raw is None else raw, REFETCH)
     forms = []
-    with open(path, encoding="utf-8") as f:
-        for number, line in enumerate(f, 1):
-            line = line.rstrip("\n")
-            if not line.strip():
-                continue
-            columns = line.split("\t")
-            if len(columns) < 2:
-                raise DataError(f"{path}:{number}: expected tab-separated columns, got {line!r}")
-            forms.append(columns[-1])
+    for number, line in enumerate(lines, 1):
+        columns = line.split("\t")
+        if len(columns) != 3 or not all(columns):
+            if not line:
+                got = "an empty line"
+            else:
+                got = f"{len(columns)} fields" if len(columns) != 3 else "an empty field"
+                got += f" in {line[:80]!r}"
+            raise DataError(f"{path}, line {number}: expected lemma<TAB>features<TAB>form, got {got}; the file is corrupt: {REFETCH}")
+        forms.append(columns[2])
     return forms
 
 
@@ -98,8 +116,15 @@ def load_sigmorphon(data_dir: DataDir, max_length: int = 30) -> SigmorphonData:
         relative = f"{FOLDER}/spanish-task1-{split}"
         path = data_dir.path / relative
         if not path.exists():
-            raise data_dir.missing(relative, " (SIGMORPHON 2016 shared task, Spanish task 1)")
-        raw[split] = [w for w in read_forms(path) if len(w) <= max_length]
+            raise data_dir.missing(
+                relative, downloadable=False,
+                hint=f"; the files come from the SIGMORPHON 2016 shared task repository, {SOURCE}, folder data/: "
+                     f"copy spanish-task1-train, spanish-task1-dev and spanish-task1-test (Spanish, task 1) into "
+                     f"{data_dir.path / FOLDER}/")
+        content = path.read_bytes()
+        forms = read_forms(path, content)  # a malformed line is named before the checksum is compared
+        check_digest(path, hashlib.sha256(content).hexdigest(), SHA256[split], how=REFETCH)
+        raw[split] = [w for w in forms if len(w) <= max_length]
     vocab = Vocabulary(c for split in ("train", "dev") for word in raw[split] for c in word)
     encoded = {split: encode_words(raw[split], vocab, max_length) for split in SPLITS}
     return SigmorphonData(vocab, encoded["train"], encoded["dev"], encoded["test"], max_length)

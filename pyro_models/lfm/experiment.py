@@ -30,8 +30,9 @@ from inference.checkpoint import ParamStoreEntries
 from inference.metrics_log import read_metrics
 from inference.schedules import linear_warmup
 from lvm_app import plots
-from lvm_app.protocol import Built, Experiment, TrainDefaults, set_threads, setting
+from lvm_app.protocol import Built, EvaluationPlan, Experiment, TrainDefaults, set_threads, setting
 from pyro_models.core import AT_LEAST_ONE, FRACTION, NON_NEGATIVE, POSITIVE, PROBABILITY
+from pyro_models.datasets.vector_data import evenly_spaced
 from pyro_models.lfm.data import BucketedBatches, Words, load_sigmorphon
 from pyro_models.lfm.gap import lfm_gap_estimates
 from pyro_models.lfm.model import LatentFactorModel, LFMConfig, bernoulli_kl, sequence_mask
@@ -47,15 +48,15 @@ class LFMSettings:
     kl_warmup_steps: int = setting(0, "KL annealing: the KL weight rises linearly from 0 to 1 over this many steps")
     free_nats: float = setting(0.0, "free nats: no KL gradient while the batch's mean KL is below this (training only)", valid=NON_NEGATIVE)
     word_dropout: float = setting(0.0, "probability of replacing a decoder input character by UNK (training only)", valid=FRACTION)
-    importance_samples: int = setting(50, "S, guide samples per word for the final dev/test NLL and perplexity", valid=AT_LEAST_ONE)
+    importance_samples: int = setting(50, "S, guide samples per word for the final dev/test NLL and perplexity", valid=AT_LEAST_ONE, evaluation=True)
     dev_importance_samples: int = setting(10, "guide samples per word for the dev metrics logged during training "
                                           "(early stopping on dev perplexity)", valid=AT_LEAST_ONE)
-    eval_points: int = setting(0, "test words to evaluate (0: all)")
+    eval_points: int = setting(0, "test words to evaluate (0: all)", evaluation=True)
     dev_points: int = setting(0, "dev words to evaluate (0: all)")
     train_eval_points: int = setting(1000, "training words for the logged train metrics")
     early_stopping: int = setting(1, "1: evaluate the modules of the logged step with the best dev perplexity; 0: the last")
     max_word_length: int = setting(30, "drop words longer than this many characters", valid=AT_LEAST_ONE)
-    eval_max_rows: int = setting(16384, "particles x words per forward pass (bounds evaluation memory)", valid=AT_LEAST_ONE)
+    eval_max_rows: int = setting(16384, "particles x words per forward pass (bounds evaluation memory)", valid=AT_LEAST_ONE, evaluation=True)
     threads: int = setting(1, "torch intra-op threads (0: torch's default)")
 
 
@@ -186,6 +187,7 @@ class LFMExperiment(Experiment):
                   "(score-function gradients) and concrete (straight-through)")
     supports_local_guide = True
     supports_gap_report = True
+    quick_evaluation = {"importance_samples": 10, "eval_points": 5000}
     own_gap_estimator = True
 
     def train_defaults(self, dataset):
@@ -240,9 +242,19 @@ class LFMExperiment(Experiment):
 
         return schedule
 
+    def evaluation_plan(self, built, data, settings, batch_size):
+        s = settings.importance_samples
+        if not built.guide.amortised:
+            n = min(settings.train_eval_points or len(self.data.train), len(self.data.train))
+            return EvaluationPlan(f"{s} importance samples on {n} training words", s * n)
+        n_dev = min(settings.dev_points or len(self.data.dev), len(self.data.dev))
+        n_test = min(settings.eval_points or len(self.data.test), len(self.data.test))
+        return EvaluationPlan(f"{s} importance samples on {n_dev} dev and {n_test} test words", s * (n_dev + n_test))
+
     def _train_eval(self, settings):
         n = min(settings.train_eval_points or len(self.data.train), len(self.data.train))
-        return _subset(self.data.train, n), torch.arange(n)
+        rows = torch.arange(n)  # a local guide's table rows: the first n training words
+        return Words(self.data.train.words[:n], self.data.train.tokens[rows], self.data.train.lengths[rows]), rows
 
     def on_log(self, built, data, settings):
         modules = {k: built.modules[k] for k in ("model", "guide")}
@@ -319,9 +331,11 @@ def _with_temperature(family_cls, temperature):
 
 
 def _subset(words, n):
+    """``n`` words spread evenly over the split (all when n is 0): the files are grouped by lemma."""
     if not n or n >= len(words):
         return words
-    return Words(words.words[:n], words.tokens[:n], words.lengths[:n])
+    rows = evenly_spaced(n, len(words))
+    return Words([words.words[i] for i in rows.tolist()], words.tokens[rows], words.lengths[rows])
 
 
 def qualitative(model, guide, data, amortised: bool, num: int = 10, seed: int = 0) -> str:

@@ -1,0 +1,129 @@
+"""Every kind of run survives an interruption: SIGTERM mid-training exits 130 with a checkpoint,
+``--resume`` finishes it, and the result (modules, metrics.csv, summary.json) is the run that
+never stopped. Runs are in-process (``lvm_app.cli.main``) and the signal is sent by the batch
+function at a chosen step, so the interruption point is exact rather than timed."""
+import json
+import os
+import signal
+
+import pytest
+import torch
+from helpers import module_states_equal
+
+from lvm_app import cli
+from lvm_app.registry import EXPERIMENTS
+
+NEEDS_DATA = pytest.mark.skipif(not os.environ.get("PYRO_MODELS_DATA"),
+                                reason="PYRO_MODELS_DATA is not set (CI sets it to ../shared/data)")
+TIMING_KEYS = {"elapsed_s", "train_wall_s", "eval_wall_s", "eval_wall_s_parts", "train_audio_s_per_s"}
+
+CASES = {
+    "vae-auxflow": ["--model", "vae", "--guide", "auxflow", "--steps", "12", "--log-every", "5", "--iwae-k", "3",
+                    "--eval-points", "20", "--train-eval-points", "20"],
+    "vae-local": ["--model", "vae", "--local", "--steps", "12", "--log-every", "5", "--batch-size", "50",
+                  "--iwae-k", "3", "--eval-points", "20"],
+    # the interruption (step 7) falls inside the fade-in of the second facet (steps 4 to 10)
+    "mfcvae-fade-in": ["--model", "mfcvae", "--steps", "12", "--log-every", "5", "--phase-steps", "4",
+                       "--fade-in-steps", "6", "--iwae-k", "3", "--eval-points", "40", "--gmm-init-points", "200",
+                       "--batch-size", "32", "--log-eval-points", "40"],
+    "compile": ["--model", "compile", "--steps", "12", "--log-every", "5", "--batch-size", "64",
+                "--eval-batch-size", "64", "--test-nll-particles", "1"],
+    "cpc": ["--model", "cpc", "--steps", "12", "--log-every", "5", "--width", "16", "--context-dim", "16",
+            "--batch-size", "4", "--eval-batches", "1", "--probe-utterances", "30", "--probe-iterations", "5",
+            "--baselines", ""],
+}
+NEEDS_DATA_DIR = {"cpc"}
+STOP_AT = 7
+
+
+def run(argv, out, *extra) -> int:
+    return cli.main([*argv, "--out", str(out), "--no-progress", *extra])
+
+
+def terminate_at(monkeypatch, model: str, step: int) -> None:
+    """The run's batch function sends this process SIGTERM when asked for ``step``'s batch."""
+    experiment = EXPERIMENTS[model]
+    original = experiment.batches
+
+    def batches(data, batch_size, seed):
+        batch_for_step = original(data, batch_size, seed)
+
+        def batch(s):
+            if s == step:
+                os.kill(os.getpid(), signal.SIGTERM)
+            return batch_for_step(s)
+
+        return batch
+
+    monkeypatch.setattr(experiment, "batches", batches)
+
+
+def without_timings(rows: list[dict]) -> list[dict]:
+    return [{k: v for k, v in row.items() if k not in TIMING_KEYS} for row in rows]
+
+
+def metrics(out) -> list[dict]:
+    lines = (out / "metrics.csv").read_text().splitlines()
+    header = lines[0].split(",")
+    return without_timings([dict(zip(header, line.split(","))) for line in lines[1:]])
+
+
+def summary(out) -> dict:
+    return without_timings([json.loads((out / "summary.json").read_text())])[0]
+
+
+@pytest.mark.parametrize("case", sorted(CASES))
+def test_sigterm_then_resume_is_the_uninterrupted_run(case, tmp_path, monkeypatch, capsys):
+    argv = CASES[case]
+    model = argv[1]
+    if model in NEEDS_DATA_DIR and not os.environ.get("PYRO_MODELS_DATA"):
+        pytest.skip("PYRO_MODELS_DATA is not set (CI sets it to ../shared/data)")
+    straight, stopped = tmp_path / "straight", tmp_path / "stopped"
+    assert run(argv, straight) == 0
+
+    with monkeypatch.context() as patch:
+        terminate_at(patch, model, STOP_AT)
+        assert run(argv, stopped) == 130
+    assert "continue with --resume" in capsys.readouterr().err
+    state = torch.load(stopped / "checkpoint.pt", weights_only=True)
+    assert state["step"] == STOP_AT + 1  # the step under way finishes, then the checkpoint
+    assert not (stopped / "summary.json").exists()
+
+    assert run(argv, stopped, "--resume") == 0
+    a = torch.load(straight / "checkpoint.pt", weights_only=True)["modules"]
+    b = torch.load(stopped / "checkpoint.pt", weights_only=True)["modules"]
+    assert a.keys() == b.keys()
+    for name in a:
+        assert module_states_equal(a[name], b[name]), name
+    assert metrics(stopped) == metrics(straight)  # the row spanning the interruption included
+    assert summary(stopped) == summary(straight)
+
+
+def test_reloading_a_finished_run_reproduces_its_summary(tmp_path):
+    argv = CASES["vae-auxflow"]
+    out = tmp_path / "run"
+    assert run(argv, out) == 0
+    first, config, checkpoint = summary(out), (out / "config.json").read_text(), (out / "checkpoint.pt").read_bytes()
+    assert run(argv, out, "--resume") == 0  # nothing left to train: evaluate the checkpoint again
+    assert summary(out) == first
+    assert (out / "config.json").read_text() == config and (out / "checkpoint.pt").read_bytes() == checkpoint
+
+
+def test_a_resume_may_lower_the_learning_rate_and_logs_it(tmp_path):
+    argv = ["--model", "linear_gaussian", "--steps", "6", "--log-every", "3", "--iwae-k", "2"]
+    out = tmp_path / "run"
+    assert run(argv, out) == 0
+    assert run([*argv[:3], "12", *argv[4:]], out, "--resume", "--lr", "1e-4", "--clip-norm", "5") == 0
+    config = json.loads((out / "config.json").read_text())
+    assert config["train"]["lr"] == 1e-4 and config["train"]["steps"] == 12
+    assert config["resumed"] == [{"at_step": 6, "changed": {"lr": [0.01, 1e-4], "clip_norm": [None, 5.0]}}]
+    state = torch.load(out / "checkpoint.pt", weights_only=True)
+    assert all(group["lr"] == 1e-4 for group in state["optimizer"]["param_groups"])
+
+
+def test_a_resume_may_not_change_the_model(tmp_path, capsys):
+    argv = ["--model", "linear_gaussian", "--steps", "3", "--iwae-k", "2"]
+    out = tmp_path / "run"
+    assert run(argv, out) == 0
+    assert run(argv, out, "--resume", "--latent-dim", "3") == 1
+    assert "latent_dim" in capsys.readouterr().err
