@@ -46,12 +46,14 @@ def plain_loss(model: CompILE, guide: CompILEGuide, tokens, lengths):
     remainder = content.float()
     kl = torch.zeros(())
     weights = []
+    kl_weights = cfg.kl_weights()  # b_2.. weigh 0 with boundary_kl="first" (the default)
 
     def sample_boundary(i, logits):
         nonlocal kl, previous
         prior = boundary_prior_logits(previous, support, table).log_softmax(-1)
         log_q = logits.log_softmax(-1)
-        kl = kl + cfg.beta_b * (log_q.exp() * (log_q - prior)).sum(-1).mean()
+        if kl_weights[f"b_{i}"]:
+            kl = kl + kl_weights[f"b_{i}"] * (log_q.exp() * (log_q - prior)).sum(-1).mean()
         previous = F.gumbel_softmax(logits, tau=cfg.temp_b)
         return previous
 

@@ -209,3 +209,26 @@ def test_greedy_boundaries_are_ordered_and_end_on_eos():
     assert (positions[:, 0] >= 1).all() and torch.equal(positions[:, -1], batch.lengths - 1)
     ended = positions[:, :-1] == (batch.lengths - 1)[:, None]
     assert ((positions[:, 1:] > positions[:, :-1]) | ended).all()
+
+
+@pytest.mark.parametrize("boundary_kl", ["first", "all"])
+def test_training_loss_charges_the_chosen_boundary_kls(boundary_kl):
+    """Default ("first", as the reference): rec + beta_b KL(b_1) + beta_z sum_i KL(z_i), b_2's KL out
+    of the training loss (still sampled); "all": every boundary's KL too. The objective the runner
+    minimises is checked against the sum written out on the same guide sample."""
+    config = small_config(latent_dist="concrete", boundary_kl=boundary_kl)
+    weights = config.kl_weights()
+    assert weights == {"b_1": 0.1, "b_2": 0.0 if boundary_kl == "first" else 0.1, "z_1": 0.1, "z_2": 0.1, "z_3": 0.1}
+    model, guide = CompILE(config), CompILEGuide(config)
+    batch = generate(SPEC, 16, seeded_generator(6, 0)).model_inputs()
+    pyro.set_rng_seed(1)
+    loss = TraceMeanField_ELBO().differentiable_loss(model.model, guide.guide, **batch, latent_scales=weights)
+    pyro.set_rng_seed(1)
+    guide_trace = poutine.trace(guide.guide).get_trace(**batch)
+    trace = poutine.trace(poutine.replay(model.model, trace=guide_trace)).get_trace(**batch)
+    expected = -trace.nodes["tokens"]["fn"].log_prob(batch["tokens"]).sum()
+    for site, weight in weights.items():
+        kl = torch.distributions.kl_divergence(guide_trace.nodes[site]["fn"], trace.nodes[site]["fn"])
+        assert kl.sum() > 0
+        expected = expected + weight * kl.sum()
+    assert loss.item() == pytest.approx(expected.item(), rel=1e-5)
