@@ -224,7 +224,8 @@ def _anneal(log_joint: LogJoint, betas: list, settings: AISSettings, start_z, re
     rows, b = log_joint.num_chains, log_joint.num_points
     c = settings.num_chains
     state = _State(log_joint, start_z)
-    log_eps = torch.full((b,), math.log(settings.initial_step_size))
+    device = start_z.device  # every tensor on the model's device (the chains' start is drawn there)
+    log_eps = torch.full((b,), math.log(settings.initial_step_size), device=device)
 
     def transition(eps: torch.Tensor, beta: float) -> torch.Tensor:
         """One HMC transition of every row with per-point step sizes ``eps``; the chains' acceptance."""
@@ -238,8 +239,8 @@ def _anneal(log_joint: LogJoint, betas: list, settings: AISSettings, start_z, re
     if step_sizes is None:
         for _ in range(PILOT_WARMUP):  # pi_0 = p(z) is left invariant: the chains stay prior samples
             transition(log_eps.exp(), 0.0)
-    used = (step_sizes if step_sizes is not None else log_eps.exp().expand(len(betas), b)).clone()
-    log_w = torch.zeros(rows, b, dtype=torch.float64)
+    used = (step_sizes.to(device) if step_sizes is not None else log_eps.exp().expand(len(betas), b)).clone()
+    log_w = torch.zeros(rows, b, dtype=torch.float64, device=device)
     accept_sum, transitions = 0.0, 0
     order = range(len(betas) - 1, 0, -1) if reverse else range(1, len(betas))
     for t in order:

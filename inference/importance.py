@@ -70,24 +70,42 @@ def evaluate_importance(
     progress: bool = False,
     desc: str = "importance sampling",
     data_plate: str = DATA_PLATE,
+    device: torch.device | None = None,
+    parallel=None,
 ) -> ImportanceResult:
     """Estimate ELBO, IWAE-K and ESS for every data point in ``data`` (a dict of tensors whose
     first dimension indexes data points; it is passed to model and guide as keyword arguments).
-    ``data_plate``: the model's per-datapoint plate."""
+    ``data_plate``: the model's per-datapoint plate. ``device``: where each chunk of points is
+    moved (default: the device of the guide's parameters, when the guide is a module); the
+    per-point results come back on the CPU.
+
+    ``parallel`` (inference.parallel.Parallel): the chunks of points are divided among the
+    processes in contiguous index ranges (never padded), each chunk draws from its own random
+    stream, and every process gets all the results in order: the same numbers as one process
+    with ``parallel`` of one process."""
+    if device is None and isinstance(guide, torch.nn.Module):
+        device = next((p.device for p in guide.parameters()), None)
     n = next(iter(data.values())).shape[0]
     point_chunk = max(1, min(point_chunk, n, max_rows))
     particle_chunk = max(1, min(num_particles, max_rows // point_chunk))
     results = []
     starts = range(0, n, point_chunk)
-    for start in tqdm(starts, desc=desc, disable=not progress, leave=False):
-        batch = {key: value[start:start + point_chunk] for key, value in data.items()}
+    mine = starts if parallel is None else parallel.my_range(len(starts))
+    for c in tqdm(mine, desc=desc, disable=not progress, leave=False):
+        start = c if parallel is None else starts[c]
+        if parallel is not None:
+            parallel.seed_evaluation(c)
+        batch = {key: value[start:start + point_chunk].to(device) if device is not None else value[start:start + point_chunk]
+                 for key, value in data.items()}
         chunks = []
         for done in range(0, num_particles, particle_chunk):
             k = min(particle_chunk, num_particles - done)
             with pyro.validation_enabled(not results and not chunks):  # check the first pass only
                 chunks.append(log_weights(model, guide, k, max_plate_nesting, data_plate=data_plate, **batch))
-        lw = torch.cat(chunks)
+        lw = torch.cat(chunks).cpu()
         results.append((*reduce_log_weights(lw), *monte_carlo_variances(lw)))
+    if parallel is not None:
+        results = parallel.gather(results)
     elbo, iwae, ess, elbo_var, iwae_var = (torch.cat(parts) for parts in zip(*results))
     return ImportanceResult(elbo=elbo, iwae=iwae, ess=ess, num_particles=num_particles,
                             elbo_mc_var=elbo_var, iwae_mc_var=iwae_var)

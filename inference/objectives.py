@@ -48,6 +48,24 @@ class ElboObjective:
         self.validated = True
         return loss
 
+    @property
+    def differentiable(self) -> bool:
+        """Whether ``loss_tensor`` exists: the ELBO gives a loss to back-propagate (not TraceGraph_ELBO)."""
+        return hasattr(self.elbo, "differentiable_loss")
+
+    def loss_tensor(self, batch: dict, **schedule) -> torch.Tensor:
+        """The per-point loss as a tensor, not yet back-propagated (for DistributedDataParallel)."""
+        per_point = 1.0 / batch_size_of(batch)
+        if self.validated:
+            with pyro.validation_enabled(False):
+                return self.elbo.differentiable_loss(self.model, self.guide, **batch, **schedule) * per_point
+        model, guide = poutine.trace(self.model), poutine.trace(self.guide)
+        with pyro.validation_enabled(True):
+            loss = self.elbo.differentiable_loss(model, guide, **batch, **schedule) * per_point
+        check_sites_match(model.trace, guide.trace)
+        self.validated = True
+        return loss
+
     def _loss(self, model, guide, batch: dict, schedule: dict, check=None) -> float:
         """``check()`` runs once the traces exist: before the backward pass where the ELBO
         leaves that to us, after it where the ELBO runs it itself."""
@@ -69,8 +87,13 @@ class ElboObjective:
 class LossObjective:
     """Any differentiable scalar ``loss_fn(**batch, **schedule)``; the runner minimises it."""
 
+    differentiable = True
+
     def __init__(self, loss_fn: Callable[..., torch.Tensor]):
         self.loss_fn = loss_fn
+
+    def loss_tensor(self, batch: dict, **schedule) -> torch.Tensor:
+        return self.loss_fn(**batch, **schedule)
 
     def __call__(self, batch: dict, **schedule) -> float:
         loss = self.loss_fn(**batch, **schedule)

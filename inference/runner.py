@@ -14,8 +14,16 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
-from .checkpoint import NonFiniteCheckpoint, load_checkpoint, restore_modules, save_checkpoint, set_rng_state
+from .checkpoint import (
+    NonFiniteCheckpoint,
+    ParamStoreEntries,
+    load_checkpoint,
+    restore_modules,
+    save_checkpoint,
+    set_rng_state,
+)
 from .metrics_log import MetricsLog, read_metrics
+from .parallel import BATCH_STREAM, LOG_STREAM, Parallel, data_parallel, ddp_shard_losses, shard_of, sum_gradients
 
 CHECKPOINT_NAME = "checkpoint.pt"
 
@@ -86,6 +94,51 @@ class _StopRequest:
             signal.signal(sig, handler)
 
 
+def to_device(batch: dict, device: torch.device | None) -> dict:
+    if device is None:
+        return batch
+    return {key: value.to(device) if torch.is_tensor(value) else value for key, value in batch.items()}
+
+
+def _sharded_loss(objective, batch_for_step, step: int, kwargs: dict, parallel: Parallel, params: list,
+                  shared_state: list, device, ddp=None) -> float:
+    """One step's loss and gradients over this process's shards, summed over the processes:
+    the mean over the global batch (see inference/parallel.py)."""
+    parallel.seed_stream(step, BATCH_STREAM)
+    batch = batch_for_step(step)
+    start = [module.get_extra_state() for module in shared_state]
+    sums = [{} for _ in shared_state]
+
+    def before_shard(shard):
+        for module, state in zip(shared_state, start):
+            module.set_extra_state(state)
+        parallel.seed_stream(step, shard)
+
+    def after_shard():
+        for module, acc in zip(shared_state, sums):
+            for name, value in module.get_extra_state().items():
+                acc[name] = acc[name] + value if name in acc else value.clone()
+
+    shards = [(shard, to_device(shard_of(batch, shard, parallel.shards), device)) for shard in parallel.my_shards()]
+    if ddp is not None:  # DDP all-reduces the gradients during the last shard's backward pass
+        total = ddp_shard_losses(ddp, shards, kwargs, parallel, before_shard)
+        after_shard()  # (no DDP objective keeps state outside the optimiser)
+    else:
+        total = 0.0
+        for shard, shard_batch in shards:
+            before_shard(shard)
+            total += objective(shard_batch, **kwargs)
+            after_shard()
+        sum_gradients(params, parallel)
+        for p in params:
+            if p.grad is not None:
+                p.grad.div_(parallel.shards)
+    for module, acc in zip(shared_state, sums):
+        module.set_extra_state({name: parallel.sum_(value) / parallel.shards for name, value in sorted(acc.items())})
+    loss = parallel.sum_(torch.tensor([total], dtype=torch.float64, device=parallel.device))
+    return loss.item() / parallel.shards
+
+
 def train(
     objective: Callable[..., float],
     modules: dict,
@@ -95,6 +148,8 @@ def train(
     resume: bool = False,
     schedule: Callable[[int], dict] | None = None,
     on_log: Callable[[int], dict] | None = None,
+    parallel: Parallel | None = None,
+    device: torch.device | None = None,
 ) -> dict:
     """Minimise ``objective(batch, **schedule(step))`` for ``settings.steps`` steps.
 
@@ -102,9 +157,14 @@ def train(
     extra metrics for the log row. Returns the last logged row, with ``step`` the steps done
     (more than ``settings.steps`` when resuming a longer run just to evaluate it) and
     ``elapsed_s`` the training time over all sessions of the run.
+
+    ``parallel``: sharded steps, in one process or several (inference/parallel.py); only the
+    main process writes files. ``device``: where each batch is moved (the modules' device).
     """
+    parallel_main = parallel is None or parallel.is_main
     out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
+    if parallel_main:
+        out_dir.mkdir(parents=True, exist_ok=True)
     ckpt_path = out_dir / CHECKPOINT_NAME
     params = parameters_of(modules)
     optimizer = make_optimizer(params, settings.lr)
@@ -118,7 +178,9 @@ def train(
         set_rng_state(state["rng"])
         step = last_ckpt = state["step"]
         elapsed = state["extra"].get("elapsed_s", 0.0)
-    log = MetricsLog(out_dir / "metrics.csv", resume_from_step=step if resume else None)
+    log = MetricsLog(out_dir / "metrics.csv", resume_from_step=step if resume else None) if parallel_main else None
+    shared_state = [m for m in modules.values() if isinstance(m, ParamStoreEntries)]
+    ddp = data_parallel(objective, modules, parallel) if parallel is not None and not shared_state else None
     clip = settings.clip_norm if settings.clip_norm is not None else math.inf
     # The losses since the last log row travel in the checkpoint, so the first row after a
     # resume averages the same steps as the uninterrupted run's row.
@@ -127,6 +189,8 @@ def train(
     started = time.perf_counter() - elapsed
 
     def checkpoint(at_step):
+        if not parallel_main:
+            return at_step
         try:
             save_checkpoint(ckpt_path, at_step, modules, optimizer,
                             {"elapsed_s": time.perf_counter() - started, "pending_losses": list(losses)})
@@ -134,15 +198,20 @@ def train(
             raise TrainingDiverged(at_step, f"a parameter ({bad})", last_ckpt, ckpt_path) from None
         return at_step
 
-    bar = tqdm(total=settings.steps, initial=step, disable=not settings.progress, desc="training", dynamic_ncols=True)
+    bar = tqdm(total=settings.steps, initial=step, disable=not (settings.progress and parallel_main), desc="training",
+               dynamic_ncols=True)
     with _StopRequest() as stop, bar:
         while step < settings.steps:
-            if stop.requested:
+            if parallel.any(stop.requested) if parallel is not None else stop.requested:  # any process: all stop
                 checkpoint(step)
                 raise TrainingInterrupted(step, ckpt_path)
-            batch = batch_for_step(step)
             optimizer.zero_grad(set_to_none=True)
-            loss = objective(batch, **(schedule(step) if schedule else {}))
+            kwargs = schedule(step) if schedule else {}
+            if parallel is None:
+                loss = objective(to_device(batch_for_step(step), device), **kwargs)
+            else:
+                loss = _sharded_loss(objective, batch_for_step, step, kwargs, parallel, params, shared_state, device,
+                                     ddp)
             if not math.isfinite(loss):
                 raise TrainingDiverged(step + 1, f"the loss ({loss})", last_ckpt, ckpt_path)
             grad_norm = torch.nn.utils.clip_grad_norm_(params, clip).item()
@@ -155,14 +224,17 @@ def train(
             if step % settings.log_every == 0 or step == settings.steps:
                 now = time.perf_counter() - started
                 last_row = {"step": step, "loss": sum(losses) / len(losses), "grad_norm": grad_norm, "elapsed_s": round(now, 3)}
-                if on_log is not None:
+                if on_log is not None and parallel_main:
+                    if parallel is not None:
+                        parallel.seed_stream(step, LOG_STREAM)
                     last_row.update(on_log(step))
-                log.write(last_row)
+                if log is not None:
+                    log.write(last_row)
                 bar.set_postfix(loss=f"{last_row['loss']:.4g}")
                 losses = []
             if step % settings.checkpoint_every == 0 or step == settings.steps:
                 last_ckpt = checkpoint(step)
-    if not last_row and resume:  # nothing left to train (a re-evaluation): the run's last log row
+    if not last_row and resume and log is not None:  # nothing left to train (a re-evaluation): the last log row
         rows = read_metrics(log.path) if log.path.exists() else []
         last_row = rows[-1] if rows else {}
     return {**last_row, "step": step, "elapsed_s": round(time.perf_counter() - started, 3)}

@@ -12,10 +12,12 @@ import time
 from pathlib import Path
 
 import pyro
+import torch
 
 from guides import GUIDE_FAMILIES
 from inference import TrainingDiverged, TrainingInterrupted, TrainSettings, train
 from inference.checkpoint import load_checkpoint
+from inference.parallel import from_environment, shutdown
 from lvm_app.config_flags import add_dataclass_flags, dataclass_from_args, given_fields
 from lvm_app.evaluation_protocol import PROTOCOLS, announcement, choose_protocol, settings_for
 from lvm_app.registry import EXPERIMENTS
@@ -67,6 +69,11 @@ def build_parser(experiment=None) -> argparse.ArgumentParser:
                              "short run; 'auto' (default), the paper's for a run of at least the model's default "
                              "length, else quick. Evaluation flags given explicitly win; the cost is printed first")
     parser.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
+    parser.add_argument("--device", default="auto", help="auto (a GPU when there is one), cpu, cuda or cuda:N")
+    parser.add_argument("--shards", type=int,
+                        help="cut each step's batch into this many shards, each with its own random stream, so that "
+                             "1, 2, 4 processes (torchrun --nproc_per_node N) give the same run (default: the number "
+                             "of processes under torchrun; unsharded in one process)")
     parser.add_argument("--out", help="output directory (default: runs/MODEL-DATASET-GUIDE-seedS)")
     resume = parser.add_mutually_exclusive_group()
     resume.add_argument("--resume", action="store_true", help="continue the run in --out from its checkpoint")
@@ -97,7 +104,7 @@ def parse(argv):
     args.guide = args.guide or experiment.default_guide
     if args.local and not experiment.supports_local_guide:
         parser.error(f"model {args.model} has no local (per-datapoint) guide")
-    for name in ("steps", "epochs", "batch_size", "lr", "log_every", "checkpoint_every", "clip_norm"):
+    for name in ("steps", "epochs", "batch_size", "lr", "log_every", "checkpoint_every", "clip_norm", "shards"):
         value = getattr(args, name)
         if value is not None and not (math.isfinite(value) and value > 0):
             parser.error(f"--{name.replace('_', '-')} must be positive and finite, got {value}")
@@ -107,7 +114,7 @@ def parse(argv):
         args.given_settings = given_fields(experiment.settings_cls, args)
         check_settings(args.model_config)
         check_settings(args.settings)
-        experiment.validate(args.model_config, args.settings, args.dataset)
+        experiment.validate(args.model_config, args.settings, args.dataset, args.guide, args.local)
     except (ValueError, TypeError) as error:
         parser.error(str(error))
     args.out = Path(args.out or f"runs/{args.model}-{args.dataset}-{args.guide}{'-local' if args.local else ''}"
@@ -200,16 +207,48 @@ def check_destination(out: Path, resume: bool, overwrite: bool) -> None:
 
 
 def run(experiment, args) -> dict:
-    out = args.out
-    check_destination(out, args.resume, args.overwrite)
-    with RunLock(out):
-        return _run_locked(experiment, args, out)
+    out, device = args.out, resolve_device(args.device)
+    try:
+        parallel = from_environment(args.shards, args.seed, device)
+    except ValueError as error:
+        raise UsageError(str(error)) from None
+    if parallel is None or parallel.is_main:
+        failure = None
+        try:
+            check_destination(out, args.resume, args.overwrite)
+        except UsageError as error:
+            failure = error
+        if parallel is not None and parallel.any(failure is not None):  # the other processes stop too
+            raise failure
+        if failure is not None:
+            raise failure
+        with RunLock(out):
+            return _run_locked(experiment, args, out, parallel, device)
+    if parallel.any(False):
+        raise UsageError("the main process refused the run directory (its message says why)")
+    return _run_locked(experiment, args, out, parallel, device)
 
 
-def _run_locked(experiment, args, out: Path) -> dict:
+def resolve_device(name: str) -> torch.device:
+    """``auto``: the GPU when there is one; a CUDA device asked for where there is none is refused."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(name)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise UsageError(f"--device {name}: this machine has no CUDA device; use --device cpu")
+    if device.type == "cuda" and device.index is not None and device.index >= torch.cuda.device_count():
+        raise UsageError(f"--device {name}: there are only {torch.cuda.device_count()} CUDA devices")
+    return device
+
+
+def _run_locked(experiment, args, out: Path, parallel, device) -> dict:
+    main_process = parallel is None or parallel.is_main
     data_dir = DataDir(args.data_dir)
     data = experiment.load_data(args.dataset, data_dir)
     train_config = resolve(experiment, args, data)
+    if parallel is not None and train_config["batch_size"] % parallel.shards:
+        raise UsageError(f"--batch-size {train_config['batch_size']} cannot be cut into {parallel.shards} equal "
+                         "shards: choose a batch size that --shards divides")
     model_config = args.model_config
     protocol, why = choose_protocol(args.eval, experiment, train_config["steps"],
                                     experiment.train_defaults(args.dataset).steps)
@@ -225,16 +264,21 @@ def _run_locked(experiment, args, out: Path) -> dict:
     pyro.set_rng_seed(args.seed)
     pyro.clear_param_store()
     built = experiment.build(model_config, settings, data, args.guide, args.local)
+    for module in built.modules.values():
+        module.to(device)
     config = {"run": run_info, "train": train_config,
               "model_config": json.loads(json.dumps(dataclasses.asdict(model_config))),
               "settings": dataclasses.asdict(settings)}
     if args.resume:
         saved = check_resumable(out, config, evaluation_settings(experiment.settings_cls))
         config = config_after_resume(saved, config, load_checkpoint(out / "checkpoint.pt")["step"])
-    if args.overwrite:  # asked for, and everything is checked: the earlier run's files go first
-        for name in (*RUN_FILES, "best.pt"):
-            (out / name).unlink(missing_ok=True)
-    (out / "config.json").write_text(json.dumps(config, indent=2) + "\n")
+    if parallel is not None:  # every process has read the saved config.json before it is rewritten
+        parallel.barrier()
+    if main_process:
+        if args.overwrite:  # asked for, and everything is checked: the earlier run's files go first
+            for name in (*RUN_FILES, "best.pt"):
+                (out / name).unlink(missing_ok=True)
+        (out / "config.json").write_text(json.dumps(config, indent=2) + "\n")
     last = train(
         built.objective, built.modules, experiment.batches(data, train_config["batch_size"], args.seed),
         TrainSettings(steps=train_config["steps"], lr=train_config["lr"], clip_norm=train_config["clip_norm"],
@@ -242,10 +286,19 @@ def _run_locked(experiment, args, out: Path) -> dict:
                       checkpoint_every=train_config["checkpoint_every"],
                       progress=args.progress),
         out, resume=args.resume, schedule=experiment.schedule(settings, built),
-        on_log=experiment.on_log(built, data, settings),
+        on_log=experiment.on_log(built, data, settings), parallel=parallel, device=device,
     )
     for module in built.modules.values():
         module.eval()
+    if parallel is not None:  # every process enters evaluation with the same random state
+        parallel.seed_evaluation(-1)
+        if experiment.shards_evaluation:  # the processes share the evaluation's points
+            built.info["parallel"] = parallel
+    if not main_process:  # the main process writes the results
+        if "parallel" in built.info:
+            experiment.evaluate(built, data, settings, out, False)
+        parallel.barrier()
+        return {}
     seconds_per_step = last["elapsed_s"] / last["step"] if last["step"] else None
     line = announcement(experiment, built, settings, args.given_settings, data, train_config["batch_size"], protocol,
                         why, seconds_per_step)
@@ -259,12 +312,21 @@ def _run_locked(experiment, args, out: Path) -> dict:
     experiment.plot(built, data, out)
     print(json.dumps(summary, indent=2))
     print(f"wrote {out}/summary.json, metrics.csv, config.json, checkpoint.pt and plots")
+    if parallel is not None:
+        parallel.barrier()
     return summary
 
 
 def main(argv=None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     parser, experiment, args = parse(argv)
+    try:
+        return _main(experiment, args)
+    finally:
+        shutdown()
+
+
+def _main(experiment, args) -> int:
     try:
         run(experiment, args)
     except (UsageError, RunInUse) as error:

@@ -42,8 +42,9 @@ def _dataclass_from_json(cls, values: dict):
     return cls(**given)
 
 
-def load_run(path, data_dir=None) -> LoadedRun:
-    """``data_dir``: where to read the data (default: the one the run was trained with)."""
+def load_run(path, data_dir=None, device=None) -> LoadedRun:
+    """``data_dir``: where to read the data (default: the one the run was trained with);
+    ``device``: where the modules go (a checkpoint written on any device loads on any other)."""
     path = Path(path)
     for name in ("config.json", "checkpoint.pt"):
         if not (path / name).exists():
@@ -67,6 +68,6 @@ def load_run(path, data_dir=None) -> LoadedRun:
     state = load_checkpoint(path / "checkpoint.pt")
     restore_modules(state, built.modules)
     for module in built.modules.values():
-        module.eval()
+        module.to(device or "cpu").eval()
     return LoadedRun(path, config, experiment, model_config, settings, data, built, state["step"],
                      state["extra"].get("elapsed_s"))

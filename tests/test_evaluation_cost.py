@@ -123,3 +123,11 @@ def test_probe_bad_usage_exits_2_with_one_line(args, message, tmp_path):
     result = subprocess.run([sys.executable, str(ROOT / "run" / "probe.py"), *args], capture_output=True, text=True,
                             cwd=ROOT, timeout=120)
     assert result.returncode == 2 and message in result.stderr and "Traceback" not in result.stderr
+
+
+def test_the_compile_gap_report_refuses_more_points_than_the_task_has(tmp_path):
+    out = tmp_path / "run"
+    assert cli.main(["--model", "compile", "--steps", "2", "--batch-size", "64", "--eval-batch-size", "64",
+                     "--test-nll-particles", "1", "--no-progress", "--out", str(out)]) == 0
+    result = run_gap("--checkpoint", out, "--num-points", "100000", "--out", tmp_path / "gap")
+    assert result.returncode == 2 and "only 3840 distinct points" in result.stderr

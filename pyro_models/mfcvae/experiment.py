@@ -204,7 +204,7 @@ class MFCVAEExperiment(DensityExperiment):
         points = {"x": x} if idx is None else {"x": x, "idx": idx}
         result = evaluate_importance(self.model_program(built), built.guide, points, settings.iwae_k,
                                      max_plate_nesting=1, max_rows=settings.eval_max_rows, progress=progress,
-                                     desc=f"IWAE-{settings.iwae_k}")
+                                     desc=f"IWAE-{settings.iwae_k}", parallel=built.info.get("parallel"))
         summary = result.summary(label)
         summary.update({"iwae_k": settings.iwae_k, f"num_{label}_points": x.shape[0]})
         summary.update(self.clustering_summary(built, x, labels, idx))
