@@ -6,6 +6,7 @@ from .family import Family
 from .flows import AuxiliaryFlowNormal, FlowDistribution, PlanarFlowNormal, RealNVPNormal
 from .guide import Guide, build_guide
 from .mean_field import MeanFieldBernoulli, MeanFieldNormal
+from .refine import RefinedGuide, Refinement
 from .registry import GUIDE_FAMILIES, guide_family
 from .relaxed import ConcreteBernoulli, StraightThroughBernoulli
 from .sources import AmortisedParams, LocalParams
@@ -15,4 +16,5 @@ __all__ = [
     "guide_family", "LatentSite", "AmortisedParams", "LocalParams", "AuxiliaryReverse",
     "auxiliary_reverse_for", "with_auxiliary", "AuxiliaryFlowNormal", "FlowDistribution",
     "PlanarFlowNormal", "RealNVPNormal", "MeanFieldBernoulli", "ConcreteBernoulli", "StraightThroughBernoulli",
+    "RefinedGuide", "Refinement",
 ]

@@ -72,6 +72,10 @@ class GapEstimates:
     details: dict = field(default_factory=dict)  # anything else for gap.json (settings, timings, diagnostics)
     local_at_limit: int | None = None  # points whose q* stopped on the step limit, not the stopping rule (None: unknown)
     local_max_steps: int | None = None  # that limit
+    # A semi-amortised guide (guides.RefinedGuide): L[q] and IWAE-K above are the refined q's; these
+    # are the encoder's own q before refinement (None for any other guide).
+    elbo_unrefined: Estimate | None = None
+    iwae_unrefined: Estimate | None = None
 
 
 def mc_se(mc_var: torch.Tensor) -> float:
@@ -104,6 +108,16 @@ def summarise(estimates: GapEstimates) -> dict:
         gaps.update(approximation_gap=(p, loc), amortisation_gap=(loc, a))
     else:
         out.update(approximation_gap=None, amortisation_gap=None)
+    if estimates.elbo_unrefined is not None:  # a refined guide: also the encoder's own q, before refinement
+        for key, est in (("elbo_amortised_unrefined", estimates.elbo_unrefined),
+                         ("iwae_unrefined", estimates.iwae_unrefined)):
+            if est is not None:
+                out.update({key: est.mean(), f"{key}_mc_se": est.mc_se(), f"{key}_point_se": est.point_se(),
+                            f"{key}_method": est.method})
+        gaps["inference_gap_unrefined"] = (p, estimates.elbo_unrefined)
+        gaps["refinement_gain"] = (a, estimates.elbo_unrefined)
+        if loc is not None:
+            gaps["amortisation_gap_unrefined"] = (loc, estimates.elbo_unrefined)
     for key, (upper, lower) in gaps.items():
         per_point = upper.value.double() - lower.value.double()
         out.update({key: per_point.mean().item(), f"{key}_mc_se": mc_se(upper.mc_var + lower.mc_var),

@@ -15,6 +15,11 @@ guide; L[q*] from a local guide of the same family optimised per point, which ne
 ``guides.build_guide`` (with any other guide the report says why it skips q*). The report then
 checks itself (inference/gap_checks.py): failed checks are listed in ``report["checks"]``, set
 ``report["converged"]`` to False and are raised as ``GapCheckWarning``s; the numbers stay.
+
+A semi-amortised guide (``guides.RefinedGuide``) is refined once per point: L[q] and IWAE-K are
+those of the refined q, and ``elbo_amortised_unrefined``, ``iwae_unrefined``,
+``amortisation_gap_unrefined`` and ``refinement_gain`` those of the encoder's own q before it;
+q* is fitted from the encoder's output, as for the plain guide.
 """
 import math
 import time
@@ -25,6 +30,7 @@ import torch
 from torch import nn
 
 from guides.guide import Guide
+from guides.refine import RefinedGuide
 
 from .ais import AISSettings, ais, bdmc
 from .gap_checks import check_lines, consistency_checks, converged
@@ -110,22 +116,26 @@ def continuous_estimates(model, guide, data: dict, settings: GapSettings = GapSe
     timings["log_px_s"] = round(time.perf_counter() - t, 1)
 
     t = time.perf_counter()
-    amortised = evaluate_importance(guide_model, guide, data, settings.elbo_samples, max_plate_nesting,
-                                    progress=progress, desc="L[q]", data_plate=plate)
-    iwae = amortised if settings.iwae_k == settings.elbo_samples else evaluate_importance(
-        guide_model, guide, data, settings.iwae_k, max_plate_nesting, progress=progress, desc=f"IWAE-{settings.iwae_k}",
-        data_plate=plate)
+    samples = f"{settings.elbo_samples} samples per point"
+    if isinstance(guide, RefinedGuide):
+        estimates = _refined_estimates(guide_model, guide, data, settings, max_plate_nesting, progress, plate, log_px,
+                                       details)
+    else:
+        amortised = evaluate_importance(guide_model, guide, data, settings.elbo_samples, max_plate_nesting,
+                                        progress=progress, desc="L[q]", data_plate=plate)
+        iwae = amortised if settings.iwae_k == settings.elbo_samples else evaluate_importance(
+            guide_model, guide, data, settings.iwae_k, max_plate_nesting, progress=progress,
+            desc=f"IWAE-{settings.iwae_k}", data_plate=plate)
+        estimates = GapEstimates(
+            log_px=log_px,
+            elbo_amortised=Estimate(amortised.elbo.double(), amortised.elbo_mc_var, f"amortised guide, {samples}"),
+            elbo_local=None,
+            iwae=Estimate(iwae.iwae.double(), iwae.iwae_mc_var, f"IWAE-{settings.iwae_k} of the amortised guide"),
+            details=details)
     timings["amortised_s"] = round(time.perf_counter() - t, 1)
 
-    samples = f"{settings.elbo_samples} samples per point"
-    estimates = GapEstimates(
-        log_px=log_px,
-        elbo_amortised=Estimate(amortised.elbo.double(), amortised.elbo_mc_var, f"amortised guide, {samples}"),
-        elbo_local=None,
-        iwae=Estimate(iwae.iwae.double(), iwae.iwae_mc_var, f"IWAE-{settings.iwae_k} of the amortised guide"),
-        details=details)
-
-    local_guide = guide if local_guide is None else local_guide
+    if local_guide is None:
+        local_guide = guide.guide if isinstance(guide, RefinedGuide) else guide
     skip = _local_skip_reason(local_guide, settings.local.init)
     if skip is not None:
         details["local_skipped"] = skip
@@ -149,6 +159,60 @@ def continuous_estimates(model, guide, data: dict, settings: GapSettings = GapSe
         estimates.local_max_steps = settings.local.max_steps
     details["timings_s"] = timings
     return estimates
+
+
+def evaluate_refined(model, guide: RefinedGuide, data: dict, num_particles, max_plate_nesting: int = 1,
+                     progress: bool = False, desc: str = "L[q]", data_plate: str = DATA_PLATE, chunk: int = 256):
+    """({K: ImportanceResult of the refined q}, {K: ... of the unrefined q}, refinements) for each
+    K in ``num_particles`` (an int or a tuple): each point refined once (``guide.refine``), in
+    chunks of ``chunk`` points, and its initial and refined parameters scored as local guides (the
+    model is called without ``idx``: a chunk is the local guide's whole table)."""
+    ks = (num_particles,) if isinstance(num_particles, int) else tuple(dict.fromkeys(num_particles))
+    n = next(iter(data.values())).shape[0]
+    after, before, refinements = {k: [] for k in ks}, {k: [] for k in ks}, []
+    for start in range(0, n, chunk):
+        part = {key: value[start:start + chunk] for key, value in data.items()}
+        r = guide.refine(**part)
+        refinements.append(r)
+        for k in ks:
+            for params, into, which in ((r.refined, after, "refined"), (r.initial, before, "unrefined")):
+                into[k].append(evaluate_importance(model, guide.local_guide(params), part, k, max_plate_nesting,
+                                                   progress=progress, desc=f"{desc} {which}, K={k}",
+                                                   data_plate=data_plate))
+    return ({k: _concatenate(v) for k, v in after.items()}, {k: _concatenate(v) for k, v in before.items()},
+            refinements)
+
+
+def _concatenate(results):
+    from .importance import ImportanceResult
+
+    cat = {key: torch.cat([getattr(r, key) for r in results]) for key in ("elbo", "iwae", "ess", "elbo_mc_var",
+                                                                        "iwae_mc_var")}
+    return ImportanceResult(num_particles=results[0].num_particles, **cat)
+
+
+def _refined_estimates(guide_model, guide: RefinedGuide, data: dict, settings: GapSettings, max_plate_nesting: int,
+                       progress: bool, plate: str, log_px: Estimate, details: dict) -> GapEstimates:
+    started = time.perf_counter()
+    after, before, refinements = evaluate_refined(guide_model, guide, data, (settings.elbo_samples, settings.iwae_k),
+                                                  max_plate_nesting, progress, "L[q]", plate)
+    elbo_trace = torch.cat([r.elbo for r in refinements], dim=1)  # (steps, N): single-sample estimates
+    what = f"{guide.steps} steps of size {guide.lr} (mode {guide.mode}, {guide.num_samples} sample(s) per step)"
+    details["refinement"] = {"steps": guide.steps, "lr": guide.lr, "mode": guide.mode, "num_samples": guide.num_samples,
+                             "max_grad_norm": guide.max_grad_norm,
+                             "elbo_estimate_per_step": [round(v, 3) for v in elbo_trace.double().mean(1).tolist()],
+                             "wall_s": round(time.perf_counter() - started, 1)}
+    samples = f"{settings.elbo_samples} samples per point"
+    a, b = after[settings.elbo_samples], before[settings.elbo_samples]
+    ai, bi = after[settings.iwae_k], before[settings.iwae_k]
+    return GapEstimates(
+        log_px=log_px,
+        elbo_amortised=Estimate(a.elbo.double(), a.elbo_mc_var, f"semi-amortised guide refined by {what}, {samples}"),
+        elbo_local=None,
+        iwae=Estimate(ai.iwae.double(), ai.iwae_mc_var, f"IWAE-{settings.iwae_k} of the refined guide"),
+        details=details,
+        elbo_unrefined=Estimate(b.elbo.double(), b.elbo_mc_var, f"the encoder's own q (before refinement), {samples}"),
+        iwae_unrefined=Estimate(bi.iwae.double(), bi.iwae_mc_var, f"IWAE-{settings.iwae_k} of the encoder's own q"))
 
 
 def ais_diagnostics(result) -> dict:

@@ -53,10 +53,12 @@ _COMPILE_GAP = ("--num-points", "100", "--elbo-samples", "1000", "--is-k", "1000
 _COMPILE_TINY_GAP = ("--num-points", "4", "--elbo-samples", "10", "--is-k", "20", "--local-steps", "5")
 
 
-def _vae(guide):
-    return AtlasEntry("vae", guide, "binarized_mnist", train_args=("--steps", "10000", *_VAE_EVAL),
+def _vae(guide, variant="", *extra):
+    """``variant``, ``extra``: a semi-amortised guide (its --refine flags), trained as the plain ones."""
+    return AtlasEntry("vae", guide, "binarized_mnist", variant=variant, train_args=("--steps", "10000", *_VAE_EVAL, *extra),
                       gap_args=(*_AIS_GAP, *_VAE_AIS), tiny_gap_args=_AIS_TINY,
-                      tiny_train_args=("--steps", "3", "--iwae-k", "5", "--eval-points", "20", "--train-eval-points", "20"))
+                      tiny_train_args=("--steps", "3", "--iwae-k", "5", "--eval-points", "20", "--train-eval-points", "20",
+                                       *extra))
 
 
 def _mfcvae(guide):
@@ -78,8 +80,13 @@ def _lfm(guide, *extra):
 
 
 FAMILIES = ("ffg", "planar", "realnvp", "auxflow")
+# Semi-amortised FFG (guides.RefinedGuide; docs/results/amortisation.md): refined by 100 steps at
+# evaluation only (trained as the plain ffg), and SA-VAE-style training with 5 steps (stop-gradient).
+REFINED = (_vae("ffg", "refine100-eval", "--refine", "100", "--refine-lr", "0.002", "--refine-mode", "eval"),
+           _vae("ffg", "refine5-detach", "--refine", "5", "--refine-lr", "0.003", "--refine-mode", "detach"))
 ENTRIES = (
     *(_vae(g) for g in FAMILIES),
+    *REFINED,
     *(_mfcvae(g) for g in FAMILIES),
     _compile("gaussian"),
     _compile("concrete"),

@@ -11,6 +11,8 @@ import matplotlib.pyplot as plt
 from lvm_app.gap import with_se
 
 COLUMNS = ("log_px", "elbo_local", "elbo_amortised", "approximation_gap", "amortisation_gap")
+# A semi-amortised guide's report also has the encoder's own q, before refinement (lvm_app/gap.py).
+REFINED_COLUMNS = ("elbo_amortised_unrefined", "amortisation_gap_unrefined", "refinement_gain")
 
 
 def collect(out: Path, entries) -> list[dict]:
@@ -27,7 +29,7 @@ def collect(out: Path, entries) -> list[dict]:
                    "dataset": entry.dataset, "split": split, "num_points": report["num_points"],
                    "train_steps": report["train_steps"], "log_px_method": report["log_px_method"],
                    "train_s": timings.get("train"), "gap_s": timings.get(f"gap-{split}")}
-            for key in (*COLUMNS, "iwae", "inference_gap"):
+            for key in (*COLUMNS, "iwae", "inference_gap", *REFINED_COLUMNS):
                 for suffix in ("", "_mc_se", "_point_se"):
                     row[key + suffix] = report.get(key + suffix)
             row["converged"] = report.get("converged")
@@ -67,6 +69,22 @@ def table(rows: list[dict]) -> str:
                      f"{_method(r['log_px_method'])} | {_v(r, 'log_px')} | {_v(r, 'elbo_local')} | "
                      f"{_v(r, 'elbo_amortised')} | {with_se(r, 'approximation_gap', spread=True)} | "
                      f"{with_se(r, 'amortisation_gap', spread=True)} | {checks_cell(r)} | {compute} |")
+    return "\n".join(lines)
+
+
+def refined_table(rows: list[dict]) -> str:
+    """L[q] and the amortisation gap before and after refinement, for the semi-amortised entries
+    (their rows in the main table are after refinement); empty when there are none."""
+    refined = [r for r in rows if r.get("elbo_amortised_unrefined") is not None]
+    if not refined:
+        return ""
+    lines = ["| model / guide | split | N | L[q] before refinement | L[q] after | gain | amortisation gap before | "
+             "amortisation gap after |", "|---|---|---|---|---|---|---|---|"]
+    for r in refined:
+        lines.append(f"| {r['label']} | {r['split']} | {r['num_points']} | {_v(r, 'elbo_amortised_unrefined')} | "
+                     f"{_v(r, 'elbo_amortised')} | {with_se(r, 'refinement_gain', spread=True)} | "
+                     f"{with_se(r, 'amortisation_gap_unrefined', spread=True)} | "
+                     f"{with_se(r, 'amortisation_gap', spread=True)} |")
     return "\n".join(lines)
 
 
@@ -118,6 +136,10 @@ def write_report(out: Path, entries, invocation: dict | None, tiny: bool = False
     note = ("Means over the subset's points; ± the Monte Carlo standard error given the points; in brackets the "
             "standard error from the spread over points. Compute: wall seconds of the training run and of this "
             f"split's gap report (one thread each). Sum of all stages: {total:.0f} s.")
+    refined = refined_table(rows)
+    if refined:
+        note += ("\n\nSemi-amortised guides (their rows above are after refinement): L[q] and the amortisation gap "
+                 "before and after refinement.\n\n" + refined)
     (out / "atlas.md").write_text(("TINY SETTINGS (plumbing check, not results)\n\n" if tiny else "")
                                   + table(rows) + "\n\n" + note + "\n")
     return [out / "atlas.json", out / "atlas.md", figure(rows, out / "atlas.png")]

@@ -20,6 +20,7 @@ apply to this run or a flag is bad (one line says why); 1 a failure at run time.
 """
 import argparse
 import json
+import math
 import os
 import sys
 import time
@@ -32,6 +33,7 @@ from guides import GUIDE_FAMILIES
 from inference.gap_checks import NOT_APPLICABLE, check_lines
 from inference.gap_estimates import GapOptions
 from inference.gap_report import assemble
+from lvm_app.cli import UsageError, resolve_device
 from lvm_app.gap_continuous import NotApplicable, continuous_run_estimates
 from lvm_app.run_dir import load_run
 
@@ -64,9 +66,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--local-steps", type=int, default=3000, help="maximum Adam steps for q* (default: 3000)")
     p.add_argument("--local-lr", type=float, default=1e-2)
     p.add_argument("--local-particles", type=int, default=10)
+    p.add_argument("--refine", type=int, help="evaluate the run's amortised guide refined per point by this many gradient "
+                   "steps on each point's ELBO (guides.RefinedGuide; default: the run's own --refine, else none)")
+    p.add_argument("--refine-lr", type=float, help="step size of --refine (default: the run's, else 0.002)")
     p.add_argument("--data-dir", help="data directory (default: the run's)")
     p.add_argument("--out", help="where gap.json and gap.md go (default: the checkpoint directory)")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N (written for GPUs, verified on the CPU only)")
     p.add_argument("--threads", type=int, help="torch threads (default: torch's; 1 is faster on a busy machine)")
     p.add_argument("--no-progress", dest="progress", action="store_false")
     p.add_argument("--traceback", action="store_true")
@@ -77,14 +83,21 @@ def report_for_run(args) -> dict:
     started = time.perf_counter()
     if args.threads:
         torch.set_num_threads(args.threads)
-    run = load_run(args.checkpoint, args.data_dir)
+    device = resolve_device(args.device)
+    run = load_run(args.checkpoint, args.data_dir, device)
     experiment, built = run.experiment, run.built
     if not experiment.supports_gap_report:
         raise NotApplicable(f"model {experiment.name!r} has no gap report: {experiment.guide_note}")
     if built.guide is None or getattr(built.guide, "amortised", True) is False:
         raise NotApplicable(f"{args.checkpoint} trained a local guide: the gap report needs an amortised one")
     run_guide = run.config["run"]["guide"]
-    points = experiment.evaluation_points(run.data, args.num_points, args.split)
+    limit = experiment.max_evaluation_points(run.data)
+    if limit is not None and args.num_points > limit:
+        raise NotApplicable(f"--num-points {args.num_points}: model {experiment.name!r} has only {limit} distinct "
+                            f"points; ask for at most {limit}")
+    if args.refine is not None or args.refine_lr is not None:
+        refine_for_evaluation(run, args)
+    points = {k: v.to(device) for k, v in experiment.evaluation_points(run.data, args.num_points, args.split).items()}
     n = next(iter(points.values())).shape[0]
     pyro.set_rng_seed(args.seed)
     if experiment.own_gap_estimator:  # discrete latents: the model's own estimator
@@ -99,10 +112,35 @@ def report_for_run(args) -> dict:
     report = {"model": experiment.name, "dataset": run.config["run"]["dataset"], "guide": run_guide,
               "local_guide": run_guide, "split": args.split, "num_points": n,
               "checkpoint": str(args.checkpoint), "train_steps": run.step}
+    settings = run.config.get("settings", {})
+    for key in ("objective", "particles", "gradient", "refine", "refine_lr", "refine_mode"):
+        if key in settings:  # how the run trained (IWAE-K, a semi-amortised guide)
+            report[f"train_{key}"] = settings[key]
+    if args.refine is not None or args.refine_lr is not None:
+        report["evaluation_refine"] = {"steps": built.guide.steps, "lr": built.guide.lr}
     report.update(assemble(estimates, args.check_tolerance, experiment.exact_log_px(built, points)))
     report["settings"] = {k: v for k, v in vars(args).items() if k not in ("progress", "traceback")}
     report["wall_s"] = round(time.perf_counter() - started, 1)
     return report
+
+
+def refine_for_evaluation(run, args) -> None:
+    """--refine/--refine-lr: the run's guide (its plain, amortised one) refined at evaluation."""
+    from guides import RefinedGuide
+    from lvm_app.continuous import REFINE_LR
+
+    built, settings = run.built, run.config.get("settings", {})
+    if not hasattr(run.experiment, "plain_guide") or not run.experiment.guides or "real" not in {
+            site.support for site in getattr(built.model, "latent_sites", ())}:
+        raise NotApplicable(f"--refine applies to the models with real latents and an amortised guide of a real-site "
+                            f"family (vae, linear_gaussian, mfcvae); not to {run.experiment.name!r}")
+    steps = args.refine if args.refine is not None else settings.get("refine") or 0
+    if steps < 1:
+        raise NotApplicable("--refine-lr needs --refine K (this run did not refine)")
+    lr = args.refine_lr if args.refine_lr is not None else settings.get("refine_lr") or REFINE_LR
+    plain = run.experiment.plain_guide(built)
+    built.guide = RefinedGuide(plain, run.experiment.model_program(built), steps, lr, mode="eval",
+                               max_plate_nesting=built.model.max_plate_nesting).eval()
 
 
 def _f(value, digits=2):
@@ -117,6 +155,18 @@ def with_se(report: dict, key: str, spread: bool = False) -> str:
     return f"{text} ({report[f'{key}_point_se']:.2f})" if spread else text
 
 
+def guide_label(report: dict) -> str:
+    """The guide, and how it trained when not with the plain ELBO."""
+    r, notes = report, []
+    if r.get("train_objective") == "iwae":
+        notes.append(f"IWAE-{r.get('train_particles')}" + (" DReG" if r.get("train_gradient") == "dreg" else ""))
+    if r.get("train_refine"):
+        notes.append(f"refined {r['train_refine']} steps, mode {r.get('train_refine_mode')}")
+    if r.get("evaluation_refine"):
+        notes.append(f"evaluated refined by {r['evaluation_refine']['steps']} steps of {r['evaluation_refine']['lr']}")
+    return r["guide"] + (f" ({'; '.join(notes)})" if notes else "")
+
+
 def markdown(report: dict) -> str:
     r = report
     cols = ["log_px", "iwae", "elbo_local", "elbo_amortised", "approximation_gap", "amortisation_gap"]
@@ -126,14 +176,22 @@ def markdown(report: dict) -> str:
         "",
         "| guide | log p(x) | IWAE-K | L[q*] | L[q] | approximation gap | amortisation gap |",
         "|---|---|---|---|---|---|---|",
-        f"| {r['guide']} | " + " | ".join(with_se(r, key) for key in cols) + " |",
+        f"| {guide_label(r)} | " + " | ".join(with_se(r, key) for key in cols) + " |",
+        *([f"| {r['guide']}, before refinement | " + " | ".join(with_se(r, key) for key in (
+            "log_px", "iwae_unrefined", "elbo_local", "elbo_amortised_unrefined", "approximation_gap",
+            "amortisation_gap_unrefined")) + " |"] if r.get("elbo_amortised_unrefined") is not None else []),
         "",
         ("Means over the points ± Monte Carlo standard error given the points. Spread over points "
          f"(standard error of the subset mean): approximation gap {_f(r.get('approximation_gap_point_se'))}, "
          f"amortisation gap {_f(r.get('amortisation_gap_point_se'))}."),
         "",
     ]
-    for key, label in (("log_px", "log p(x)"), ("iwae", "IWAE-K"), ("elbo_local", "L[q*]"), ("elbo_amortised", "L[q]")):
+    if r.get("elbo_amortised_unrefined") is not None:
+        lines.append(f"- Refinement raised L[q] by {with_se(r, 'refinement_gain')} nats (spread "
+                     f"{_f(r.get('refinement_gain_point_se'))}): amortisation gap {_f(r['amortisation_gap_unrefined'])} "
+                     f"before, {_f(r['amortisation_gap'])} after.")
+    for key, label in (("log_px", "log p(x)"), ("iwae", "IWAE-K"), ("elbo_local", "L[q*]"), ("elbo_amortised", "L[q]"),
+                       ("elbo_amortised_unrefined", "L[q] before refinement")):
         if r.get(f"{key}_method"):
             lines.append(f"- {label}: {r[f'{key}_method']}." + (
                 f" Exact: {r['log_px_exact']:.2f}." if key == "log_px" and "log_px_exact" in r else ""))
@@ -177,6 +235,10 @@ def main(argv=None) -> int:
                  "local_steps", "local_particles"):
         if getattr(args, name) <= 0:
             parser.error(f"--{name.replace('_', '-')} must be positive, got {getattr(args, name)}")
+    if args.refine is not None and args.refine < 1:
+        parser.error(f"--refine must be at least 1, got {args.refine}")
+    if args.refine_lr is not None and not (math.isfinite(args.refine_lr) and args.refine_lr > 0):
+        parser.error(f"--refine-lr must be positive and finite, got {args.refine_lr}")
     out = Path(args.out or args.checkpoint)
     unwritable = unwritable_reason(out)
     if unwritable:
@@ -184,6 +246,9 @@ def main(argv=None) -> int:
         return 2
     try:
         report = report_for_run(args)
+    except UsageError as error:
+        print(f"run/gap.py: error: {error}", file=sys.stderr)
+        return 2
     except NotApplicable as why:
         print(f"run/gap.py: not applicable: {why}", file=sys.stderr)
         return 2

@@ -7,7 +7,7 @@ import time
 
 import torch
 
-from guides import build_guide, guide_family
+from guides import RefinedGuide, build_guide, guide_family
 from inference.ais import AISSettings
 from inference.gap_estimates import GapEstimates
 from inference.gap_report import GapSettings, continuous_estimates
@@ -65,7 +65,8 @@ def continuous_run_estimates(args, run, points: dict) -> GapEstimates:
         raise NotApplicable(f"model {experiment.name!r} has discrete latents and no gap_estimates() of its own")
     family, init = local_family_for(args, run)
     print(f"run/gap.py: plan: {plan_line(args, run, next(iter(points.values())).shape[0])}", file=sys.stderr)
-    local_guide = guide if family == run.config["run"]["guide"] else build_guide(
+    plain = guide.guide if isinstance(guide, RefinedGuide) else guide  # q* starts from the encoder's own output
+    local_guide = plain if family == run.config["run"]["guide"] else build_guide(
         guide_family(family), model.latent_sites, num_points=1)
     estimates = continuous_estimates(
         model.model, guide, points, gap_settings(args, init), guide_model=experiment.model_program(built),

@@ -36,4 +36,13 @@ def training_seconds_per_pass(run) -> float | None:
     elapsed, steps = run.train_elapsed_s, run.step
     if not elapsed or not steps:
         return None
-    return elapsed / (steps * run.config["train"]["batch_size"] * 3)
+    return elapsed / (steps * run.config["train"]["batch_size"] * 3 * passes_per_training_point(run.config["settings"]))
+
+
+def passes_per_training_point(settings: dict) -> float:
+    """Forward passes per point of one training step, relative to the ELBO's one: K particles of
+    an IWAE objective, and a refined guide's steps (each a forward and backward pass) in training."""
+    factor = float(max(1, settings.get("particles") or 1)) if settings.get("objective") == "iwae" else 1.0
+    if settings.get("refine") and settings.get("refine_mode") in ("detach", "full"):
+        factor *= 1 + settings["refine"]
+    return factor

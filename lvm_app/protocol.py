@@ -64,6 +64,9 @@ class Experiment:
     # --eval quick: evaluation settings in proportion to a short run (the settings' defaults are
     # the paper's protocol, --eval paper); empty when the paper's evaluation is already cheap.
     quick_evaluation: dict = {}
+    # evaluate() runs in every process of a data-parallel run, passing built.info["parallel"] to
+    # its estimators (which divide the points), and writes no file: only the main one writes.
+    shards_evaluation: bool = False
     supports_local_guide: bool = False
     supports_gap_report: bool = False  # run/gap.py applies (evaluation_points is implemented)
     own_gap_estimator: bool = False  # gap_estimates is implemented (else AIS, IWAE and local q* apply)
@@ -71,9 +74,10 @@ class Experiment:
     def train_defaults(self, dataset: str) -> TrainDefaults:
         raise NotImplementedError
 
-    def validate(self, config, settings, dataset: str) -> None:
-        """Refuse (ValueError, one line naming the flag) settings that only this model can judge;
-        called before any data are read or any file is written."""
+    def validate(self, config, settings, dataset: str, guide: str | None = None, local: bool = False) -> None:
+        """Refuse (ValueError, one line naming the flag) settings that only this model can judge,
+        with the run's guide family and ``--local``; called before any data are read or any file
+        is written."""
 
     def fit_to_length(self, config, settings, dataset: str, steps: int, given: set[str]):
         """The settings for a run of ``steps`` (e.g. schedules that must fit in it); ``given``: the
@@ -116,6 +120,10 @@ class Experiment:
     def evaluation_points(self, data, num_points: int, split: str = "train") -> dict:
         """The first ``num_points`` points of a split as model keyword arguments."""
         raise NotImplementedError
+
+    def max_evaluation_points(self, data) -> int | None:
+        """The most points ``evaluation_points`` can give (None: the split's size caps it)."""
+        return None
 
     def model_program(self, built: Built):
         """The program the guide is scored against (the model; plus r(v|z,x) for auxiliary guides)."""

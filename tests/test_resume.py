@@ -20,6 +20,11 @@ TIMING_KEYS = {"elapsed_s", "train_wall_s", "eval_wall_s", "eval_wall_s_parts", 
 CASES = {
     "vae-auxflow": ["--model", "vae", "--guide", "auxflow", "--steps", "12", "--log-every", "5", "--iwae-k", "3",
                     "--eval-points", "20", "--train-eval-points", "20"],
+    "vae-iwae-dreg": ["--model", "vae", "--objective", "iwae", "--particles", "4", "--gradient", "dreg", "--steps", "12",
+                      "--log-every", "5", "--iwae-k", "3", "--eval-points", "20", "--train-eval-points", "20"],
+    "vae-refine-detach": ["--model", "vae", "--refine", "3", "--refine-mode", "detach", "--kl-warmup-steps", "10",
+                          "--steps", "12", "--log-every", "5", "--iwae-k", "3", "--eval-points", "20",
+                          "--train-eval-points", "20"],
     "vae-local": ["--model", "vae", "--local", "--steps", "12", "--log-every", "5", "--batch-size", "50",
                   "--iwae-k", "3", "--eval-points", "20"],
     # the interruption (step 7) falls inside the fade-in of the second facet (steps 4 to 10)

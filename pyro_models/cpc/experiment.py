@@ -87,7 +87,7 @@ class CPCExperiment(Experiment):
         self.dataset = dataset
         return SPEECH_DATASETS[dataset](data_dir)
 
-    def validate(self, config, settings, dataset):
+    def validate(self, config, settings, dataset, guide=None, local=False):
         """The window, the encoder layers and the baselines, before any audio is read."""
         window = settings.window or DEFAULT_WINDOW[dataset]
         if window % FRAME:
