@@ -50,19 +50,24 @@ class Guide(nn.Module):
     def forward(self, *args, idx=None, latent_scales=None, num_data=None, batch_size=None, **data):
         pyro.module(self.name, self)
         batch = _batch_size(args, data, idx, batch_size)
-        values = {}
         with data_plate(self.plate_name, batch, idx, num_data) as indices:
             rows = idx if idx is not None or num_data is None else indices  # a local guide's rows
             params = self.params(*args, idx=rows, batch_size=batch, **data)
-            for family, chunk in zip(self.families, params.split(self.splits, dim=-1)):
-                name = family.site.name
-                sample = family.sample
-                if self.site_infer is not None:
-                    config = self.site_infer(name, data, chunk)
-                    if config:
-                        sample = poutine.infer_config(sample, lambda msg, n=name, c=config: c if msg["name"] == n else {})
-                with latent_scale(name, latent_scales):
-                    values[name] = sample(chunk)
+            return self.sample_sites(params, data, latent_scales)
+
+    def sample_sites(self, params: torch.Tensor, data: dict, latent_scales=None) -> dict:
+        """The sample statement of each site from its slice of the per-point ``params`` (inside the
+        caller's data plate); the refined guide calls it with its own refined parameters."""
+        values = {}
+        for family, chunk in zip(self.families, params.split(self.splits, dim=-1)):
+            name = family.site.name
+            sample = family.sample
+            if self.site_infer is not None:
+                config = self.site_infer(name, data, chunk)
+                if config:
+                    sample = poutine.infer_config(sample, lambda msg, n=name, c=config: c if msg["name"] == n else {})
+            with latent_scale(name, latent_scales):
+                values[name] = sample(chunk)
         return values
 
 

@@ -50,7 +50,7 @@ import torch
 from pyro import poutine
 from torch import nn
 
-from pyro_models.core import data_plate, latent_scale
+from pyro_models.core import data_plate
 
 from .guide import Guide, _batch_size
 from .sources import LocalParams
@@ -249,16 +249,5 @@ class _Repeat:
 
 
 def sample_sites(guide: Guide, params: torch.Tensor, data: dict, latent_scales) -> dict:
-    """The sample statements of ``guide`` (``Guide.forward``'s, inside the caller's data plate)
-    with given per-point parameters instead of ``guide.params(...)``."""
-    values = {}
-    for family, chunk in zip(guide.families, params.split(guide.splits, dim=-1)):
-        name = family.site.name
-        sample = family.sample
-        if guide.site_infer is not None:
-            config = guide.site_infer(name, data, chunk)
-            if config:
-                sample = poutine.infer_config(sample, lambda msg, n=name, c=config: c if msg["name"] == n else {})
-        with latent_scale(name, latent_scales):
-            values[name] = sample(chunk)
-    return values
+    """The sample statements of ``guide`` with given per-point parameters instead of ``guide.params(...)``."""
+    return guide.sample_sites(params, data, latent_scales)
