@@ -20,10 +20,13 @@ from inference.checkpoint import load_checkpoint
 from inference.parallel import from_environment, shutdown
 from lvm_app.config_flags import add_dataclass_flags, dataclass_from_args, given_fields
 from lvm_app.evaluation_protocol import PROTOCOLS, announcement, choose_protocol, settings_for
+from lvm_app.program import program_name
 from lvm_app.registry import EXPERIMENTS
 from lvm_app.run_lock import RunInUse, RunLock
 from pyro_models.core import check_settings, evaluation_settings
 from pyro_models.datasets import DataDir, DataError
+
+PROG = program_name("run/svi.py")  # the prefix of every message
 
 # Settings that may differ between a run and its resumption: the length, where the data are, the
 # evaluation (``setting(..., evaluation=True)`` fields too), and, after a divergence, a lower
@@ -34,7 +37,7 @@ RESUMABLE_CHANGES = {"steps", "progress", "data_dir", "epochs", "eval", "lr", "c
 
 def build_parser(experiment=None) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="run/svi.py",
+        prog=PROG,
         description="Train a Pyro latent-variable model with a guide, then evaluate it. "
         "Writes summary.json, metrics.csv, config.json, checkpoint.pt and PNG plots to --out.",
         epilog="Models: " + "; ".join(f"{e.name}: {e.description} (guides: {', '.join(e.guides) or 'none'})"
@@ -303,7 +306,7 @@ def _run_locked(experiment, args, out: Path, parallel, device) -> dict:
     line = announcement(experiment, built, settings, args.given_settings, data, train_config["batch_size"], protocol,
                         why, seconds_per_step)
     if line:
-        print(f"run/svi.py: {line}", file=sys.stderr)
+        print(f"{PROG}: {line}", file=sys.stderr)
     started = time.perf_counter()
     summary = experiment.evaluate(built, data, settings, out, args.progress)
     summary.update({"eval": protocol, "train_steps": last["step"], "train_loss_last": last.get("loss"),
@@ -330,19 +333,19 @@ def _main(experiment, args) -> int:
     try:
         run(experiment, args)
     except (UsageError, RunInUse) as error:
-        print(f"run/svi.py: error: {error}", file=sys.stderr)
+        print(f"{PROG}: error: {error}", file=sys.stderr)
         return 2
     except TrainingInterrupted as stop:
-        print(f"run/svi.py: {stop}", file=sys.stderr)
+        print(f"{PROG}: {stop}", file=sys.stderr)
         return 130
     except KeyboardInterrupt:  # before training (reading data) or after it (evaluating)
-        print(f"run/svi.py: interrupted outside training; what was written is in {args.out} (a finished training "
+        print(f"{PROG}: interrupted outside training; what was written is in {args.out} (a finished training "
               "run is re-evaluated by running the same command with --resume)", file=sys.stderr)
         return 130
     except (DataError, TrainingDiverged, RuntimeError, ValueError, OSError) as error:
         if args.traceback:
             raise
-        print(f"run/svi.py: error: {error}", file=sys.stderr)
+        print(f"{PROG}: error: {error}", file=sys.stderr)
         return 1
     return 0
 

@@ -35,11 +35,14 @@ from inference.gap_estimates import GapOptions
 from inference.gap_report import assemble
 from lvm_app.cli import UsageError, resolve_device
 from lvm_app.gap_continuous import NotApplicable, continuous_run_estimates
+from lvm_app.program import program_name
 from lvm_app.run_dir import load_run
+
+PROG = program_name("run/gap.py")  # the prefix of every message
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="run/gap.py", description=__doc__.split("\n\n")[0])
+    p = argparse.ArgumentParser(prog=PROG, description=__doc__.split("\n\n")[0])
     p.add_argument("--checkpoint", required=True, help="run directory written by run/svi.py (config.json, checkpoint.pt)")
     p.add_argument("--guide", choices=sorted(GUIDE_FAMILIES),
                    help="family of the local q* (default: the run's guide; another family is allowed only if it "
@@ -242,28 +245,28 @@ def main(argv=None) -> int:
     out = Path(args.out or args.checkpoint)
     unwritable = unwritable_reason(out)
     if unwritable:
-        print(f"run/gap.py: error: cannot write the report to {out}: {unwritable}", file=sys.stderr)
+        print(f"{PROG}: error: cannot write the report to {out}: {unwritable}", file=sys.stderr)
         return 2
     try:
         report = report_for_run(args)
     except UsageError as error:
-        print(f"run/gap.py: error: {error}", file=sys.stderr)
+        print(f"{PROG}: error: {error}", file=sys.stderr)
         return 2
     except NotApplicable as why:
-        print(f"run/gap.py: not applicable: {why}", file=sys.stderr)
+        print(f"{PROG}: not applicable: {why}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print("run/gap.py: interrupted; nothing was written (run the same command again)", file=sys.stderr)
+        print(f"{PROG}: interrupted; nothing was written (run the same command again)", file=sys.stderr)
         return 130
     except (FileNotFoundError, ValueError) as error:
         if args.traceback:
             raise
-        print(f"run/gap.py: error: {error}", file=sys.stderr)
+        print(f"{PROG}: error: {error}", file=sys.stderr)
         return 2 if isinstance(error, FileNotFoundError) else 1
     except (RuntimeError, OSError) as error:
         if args.traceback:
             raise
-        print(f"run/gap.py: error: {error}", file=sys.stderr)
+        print(f"{PROG}: error: {error}", file=sys.stderr)
         return 1
     out.mkdir(parents=True, exist_ok=True)
     (out / "gap.json").write_text(json.dumps(report, indent=2) + "\n")
@@ -271,7 +274,7 @@ def main(argv=None) -> int:
     print(markdown(report))
     print(f"wrote {out}/gap.json and gap.md")
     for line in check_lines(report["checks"]):
-        print(f"run/gap.py: {line}", file=sys.stderr)
+        print(f"{PROG}: {line}", file=sys.stderr)
     return 0
 
 

@@ -23,13 +23,16 @@ from pathlib import Path
 
 from lvm_app.atlas_entries import ENTRIES, AtlasEntry
 from lvm_app.atlas_report import write_report
+from lvm_app.program import program_name
+
+PROG = program_name("run/gap_atlas.py")  # the prefix of every message
 
 ROOT = Path(__file__).resolve().parents[1]
 SPLITS = ("train", "test")
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="run/gap_atlas.py", description=__doc__.split("\n\n")[0],
+    p = argparse.ArgumentParser(prog=PROG, description=__doc__.split("\n\n")[0],
                                 epilog="Entries: " + ", ".join(e.name for e in ENTRIES))
     p.add_argument("--out", default="runs/atlas", help="directory of the runs and the report (default: runs/atlas)")
     p.add_argument("--data-dir", help="data directory (default: $PYRO_MODELS_DATA, else ~/.cache/pyro_models)")
@@ -136,7 +139,7 @@ def main(argv=None) -> int:
         except KeyboardInterrupt:
             stages.interrupted = True
     if args.report_only and not any((out / e.name / f"gap-{s}" / "gap.json").exists() for e in entries for s in SPLITS):
-        print(f"run/gap_atlas.py: error: no gap reports under {out} for {args.only!r}: run the atlas first "
+        print(f"{PROG}: error: no gap reports under {out} for {args.only!r}: run the atlas first "
               "(without --report-only)", file=sys.stderr)
         return 1
     invocation = None if args.report_only else {
@@ -144,10 +147,10 @@ def main(argv=None) -> int:
     files = write_report(out, entries, invocation, tiny=args.tiny)
     print(f"[atlas] wrote {', '.join(str(f) for f in files)}")
     if stages.interrupted:
-        print("run/gap_atlas.py: interrupted; run the same command again to continue", file=sys.stderr)
+        print(f"{PROG}: interrupted; run the same command again to continue", file=sys.stderr)
         return 130
     if stages.failed:
-        print(f"run/gap_atlas.py: error: {len(stages.failed)} stage(s) failed: {'; '.join(stages.failed)}",
+        print(f"{PROG}: error: {len(stages.failed)} stage(s) failed: {'; '.join(stages.failed)}",
               file=sys.stderr)
         return 1
     return 0

@@ -13,6 +13,7 @@ from inference.gap_estimates import GapEstimates
 from inference.gap_report import GapSettings, continuous_estimates
 from inference.local_opt import LocalOptSettings
 from lvm_app.gap_plan import plan_line
+from lvm_app.program import program_name
 from pyro_models.networks import linear_flops
 
 
@@ -64,7 +65,7 @@ def continuous_run_estimates(args, run, points: dict) -> GapEstimates:
     if not all(site.support == "real" for site in model.latent_sites):
         raise NotApplicable(f"model {experiment.name!r} has discrete latents and no gap_estimates() of its own")
     family, init = local_family_for(args, run)
-    print(f"run/gap.py: plan: {plan_line(args, run, next(iter(points.values())).shape[0])}", file=sys.stderr)
+    print(f"{program_name('run/gap.py')}: plan: {plan_line(args, run, next(iter(points.values())).shape[0])}", file=sys.stderr)
     plain = guide.guide if isinstance(guide, RefinedGuide) else guide  # q* starts from the encoder's own output
     local_guide = plain if family == run.config["run"]["guide"] else build_guide(
         guide_family(family), model.latent_sites, num_points=1)

@@ -180,3 +180,14 @@ def documented_commands():
 @pytest.mark.parametrize("where, argv", list(documented_commands()), ids=lambda v: v if isinstance(v, str) else None)
 def test_every_documented_command_parses(where, argv):
     parse(argv)  # SystemExit (exit 2) on a flag that does not exist or a value that is refused
+
+
+@pytest.mark.parametrize("script, args", [("pyro-lvm-train", ["--model", "vae", "--latent-dim", "0"]),
+                                          ("pyro-lvm-gap", ["--checkpoint", "/nonexistent-run"])])
+def test_installed_commands_name_themselves_in_their_messages(script, args):
+    import shutil
+
+    if shutil.which(script) is None:
+        pytest.skip(f"{script} is not installed (pip install -e .)")
+    result = subprocess.run([script, *args], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 2 and result.stderr.strip().splitlines()[-1].startswith(f"{script}: error:")

@@ -12,17 +12,20 @@ import time
 from pathlib import Path
 
 from inference.checkpoint import load_checkpoint
+from lvm_app.program import program_name
 from lvm_app.run_dir import load_run
 from lvm_app.run_lock import RunInUse, RunLock
 from pyro_models.cpc.experiment import BASELINES, parse_baselines
 from pyro_models.datasets import DataError
+
+PROG = program_name("run/probe.py")  # the prefix of every message
 
 OVERRIDABLE = ("baselines", "supervised_steps", "probe_utterances", "probe_iterations", "probe_weight_decay",
                "speaker_pool", "eval_batches", "threads")
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="run/probe.py", description=__doc__.split("\n\n")[0].replace("``", ""))
+    parser = argparse.ArgumentParser(prog=PROG, description=__doc__.split("\n\n")[0].replace("``", ""))
     parser.add_argument("--run", required=True, help="run directory of run/svi.py --model cpc (config.json, checkpoint.pt)")
     parser.add_argument("--data-dir", help="data directory (default: the one the run was trained with)")
     parser.add_argument("--baselines", help=f"comma-separated subset of {','.join(BASELINES)} (empty: none; "
@@ -104,16 +107,16 @@ def main(argv=None) -> int:
     try:
         run(args)
     except (NotACPCRun, RunInUse) as error:
-        print(f"run/probe.py: error: {error}", file=sys.stderr)
+        print(f"{PROG}: error: {error}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print(f"run/probe.py: interrupted; {args.run}'s checkpoint is untouched (run the same command again)",
+        print(f"{PROG}: interrupted; {args.run}'s checkpoint is untouched (run the same command again)",
               file=sys.stderr)
         return 130
     except (DataError, RuntimeError, ValueError, OSError) as error:
         if args.traceback:
             raise
-        print(f"run/probe.py: error: {error}", file=sys.stderr)
+        print(f"{PROG}: error: {error}", file=sys.stderr)
         return 1
     return 0
 
