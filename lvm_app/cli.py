@@ -158,11 +158,18 @@ def changed_settings(saved: dict, config: dict) -> dict:
             for key, value in config[section].items() if saved.get(section, {}).get(key) != value}
 
 
-def check_resumable(out: Path, config: dict, evaluation_only: set[str]) -> dict:
-    """The saved config.json, if the run in ``out`` may be resumed with ``config``."""
+def with_new_defaults(saved: dict, defaults: dict) -> dict:
+    """``saved`` with the settings a run written by an older version lacks, at their defaults
+    (what that version trained with): such a run stays resumable."""
+    return {**saved, **{section: {**values, **saved.get(section, {})} for section, values in defaults.items()}}
+
+
+def check_resumable(out: Path, config: dict, evaluation_only: set[str], defaults: dict) -> dict:
+    """The saved config.json, if the run in ``out`` may be resumed with ``config``; ``defaults``:
+    the sections' default values (settings added since the run was written)."""
     if not (out / "checkpoint.pt").exists():
         raise RuntimeError(f"--resume: no checkpoint.pt in {out}; start the run without --resume")
-    saved = json.loads((out / "config.json").read_text())
+    saved = with_new_defaults(json.loads((out / "config.json").read_text()), defaults)
     allowed = RESUMABLE_CHANGES | evaluation_only
     refused = [f"{key}: {old!r} -> {new!r}" for (_, key), (old, new) in changed_settings(saved, config).items()
                if key not in allowed]
@@ -273,7 +280,9 @@ def _run_locked(experiment, args, out: Path, parallel, device) -> dict:
               "model_config": json.loads(json.dumps(dataclasses.asdict(model_config))),
               "settings": dataclasses.asdict(settings)}
     if args.resume:
-        saved = check_resumable(out, config, evaluation_settings(experiment.settings_cls))
+        defaults = {"model_config": json.loads(json.dumps(dataclasses.asdict(experiment.config_cls()))),
+                    "settings": dataclasses.asdict(experiment.settings_cls())}
+        saved = check_resumable(out, config, evaluation_settings(experiment.settings_cls), defaults)
         config = config_after_resume(saved, config, load_checkpoint(out / "checkpoint.pt")["step"])
     if parallel is not None:  # every process has read the saved config.json before it is rewritten
         parallel.barrier()

@@ -132,3 +132,15 @@ def test_a_resume_may_not_change_the_model(tmp_path, capsys):
     assert run(argv, out) == 0
     assert run(argv, out, "--resume", "--latent-dim", "3") == 1
     assert "latent_dim" in capsys.readouterr().err
+
+
+def test_a_run_written_before_a_setting_existed_still_resumes(tmp_path):
+    """A setting added since the run was written is taken at its default (what the run used)."""
+    argv = ["--model", "linear_gaussian", "--steps", "4", "--iwae-k", "2"]
+    out = tmp_path / "run"
+    assert run(argv, out) == 0
+    config = json.loads((out / "config.json").read_text())
+    del config["settings"]["objective"], config["settings"]["refine"]  # as an older version wrote it
+    (out / "config.json").write_text(json.dumps(config))
+    assert run([*argv[:3], "8", *argv[4:]], out, "--resume") == 0
+    assert run([*argv[:3], "12", *argv[4:]], out, "--resume", "--refine", "2") == 1  # not the default: refused
