@@ -43,8 +43,9 @@ class DataDir:
         return DataError(f"missing data file {relative} in data directory {self.describe()}: {how}{hint}")
 
 
-def sha256_of(path: Path) -> str:
-    digest = hashlib.sha256()
+def digest_of(path: Path, algorithm: str) -> str:
+    """The file's hex digest (``hashlib`` algorithm name), read in 1 MB blocks."""
+    digest = hashlib.new(algorithm)
     with open(path, "rb") as f:
         for block in iter(lambda: f.read(1 << 20), b""):
             digest.update(block)
@@ -52,18 +53,14 @@ def sha256_of(path: Path) -> str:
 
 
 def md5_of(path: Path) -> str:
-    digest = hashlib.md5()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
+    return digest_of(path, "md5")
 
 
 REFETCH = "delete it and copy or download it again"
 
 
 def verify_checksum(path: Path, expected: str, algorithm: str = "sha256", how: str = REFETCH) -> None:
-    check_digest(path, (sha256_of if algorithm == "sha256" else md5_of)(path), expected, algorithm, how)
+    check_digest(path, digest_of(path, algorithm), expected, algorithm, how)
 
 
 def check_digest(path: Path, actual: str, expected: str, algorithm: str = "sha256", how: str = REFETCH) -> None:
