@@ -7,12 +7,13 @@ from .importance import ImportanceResult, evaluate_importance, reduce_log_weight
 from .iwae_objective import IwaeObjective
 from .local_opt import LocalOptResult, LocalOptSettings, optimise_local
 from .log_weights import SiteMismatch, check_sites_match, log_weights
-from .objectives import ElboObjective, LossObjective
+from .objectives import ElboObjective, GlobalBatchLoss, LossObjective
 from .runner import TrainingDiverged, TrainingInterrupted, TrainSettings, train
 
 __all__ = [
     "AISResult", "AISSettings", "ElboObjective", "Estimate", "GapCheckWarning", "GapEstimates", "GapSettings",
-    "ImportanceResult", "IwaeObjective", "LocalOptResult", "LocalOptSettings", "LossObjective", "SiteMismatch", "TrainSettings",
-    "TrainingDiverged", "TrainingInterrupted", "ais", "bdmc", "check_sites_match", "evaluate_importance",
-    "gap_report", "log_weights", "optimise_local", "reduce_log_weights", "simulate", "train",
+    "GlobalBatchLoss", "ImportanceResult", "IwaeObjective", "LocalOptResult", "LocalOptSettings", "LossObjective",
+    "SiteMismatch", "TrainSettings", "TrainingDiverged", "TrainingInterrupted", "ais", "bdmc",
+    "check_sites_match", "evaluate_importance", "gap_report", "log_weights", "optimise_local",
+    "reduce_log_weights", "simulate", "train",
 ]

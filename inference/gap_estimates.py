@@ -28,6 +28,9 @@ class Estimate:
     mc_var: torch.Tensor  # (N,) Monte Carlo variance of each point's estimate (zeros when exact)
     method: str  # how it was computed, one line for the report
 
+    def __post_init__(self):  # on the CPU whatever device computed them: a report combines estimates from several
+        self.value, self.mc_var = self.value.cpu(), self.mc_var.cpu()
+
     @classmethod
     def exact(cls, value: torch.Tensor, method: str) -> "Estimate":
         return cls(value.detach().double(), torch.zeros_like(value, dtype=torch.float64), method)

@@ -243,6 +243,7 @@ def assemble(estimates: GapEstimates, tolerance: float = 0.1, log_px_exact: torc
     report = dict(estimates.details)
     report.update(summarise(estimates))
     if log_px_exact is not None:
+        log_px_exact = log_px_exact.cpu()  # where the estimates are
         report["log_px_exact"] = log_px_exact.double().mean().item()
     checks = consistency_checks(estimates, tolerance, log_px_exact)
     report["checks"] = checks

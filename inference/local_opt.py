@@ -20,6 +20,7 @@ from tqdm.auto import tqdm
 
 from guides.guide import Guide
 from guides.sources import LocalParams
+from pyro_models.core import device_of
 
 from .log_weights import DATA_PLATE, log_weights
 
@@ -45,7 +46,8 @@ class LocalOptResult:
     def points_guide(self):
         """q* as a guide of the data alone (model keyword arguments, no ``idx``), for the N points
         it was fitted to, in their order."""
-        return partial(self.guide, idx=torch.arange(self.guide.source.table.shape[0]))
+        table = self.guide.source.table
+        return partial(self.guide, idx=torch.arange(table.shape[0], device=table.device))
 
 
 @contextmanager
@@ -64,8 +66,9 @@ def frozen(modules):
 
 def local_guide_like(guide: Guide, num_points: int, init_params: torch.Tensor | None = None) -> Guide:
     """A local guide of the same families (shared modules) as ``guide``, one row per point,
-    initialised at ``init_params`` (N, param_dim) or at each family's prior parameters."""
-    prior_row = torch.cat([family.prior_params() for family in guide.families])
+    initialised at ``init_params`` (N, param_dim) or at each family's prior parameters; the table
+    is on ``guide``'s device."""
+    prior_row = torch.cat([family.prior_params() for family in guide.families]).to(device_of(guide))
     local = Guide(list(guide.families), LocalParams(num_points, prior_row), plate_name=guide.plate_name)
     if init_params is not None:
         local.source.set_rows(torch.arange(num_points), init_params)
@@ -89,7 +92,7 @@ def optimise_local(model, guide: Guide, batch: dict, settings: LocalOptSettings 
     else:
         raise ValueError(f"unknown local initialisation {settings.init!r}; choose from: amortised, prior")
     local = local_guide_like(guide, n, init)
-    local_guide = partial(local, idx=torch.arange(n))
+    local_guide = partial(local, idx=torch.arange(n, device=local.source.table.device))
     optimizer = torch.optim.Adam([local.source.table], lr=settings.lr)
     started = time.perf_counter()
     window, previous, history, step, converged = [], None, [], 0, False

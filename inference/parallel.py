@@ -10,6 +10,11 @@ explicit all-reduce where the objective runs its own backward, as TraceGraph_ELB
 divided by ``shards``: the mean over the global batch, as one process running every shard gets.
 N = 1, 2, 4 with the same ``shards`` give the same run up to floating-point summation order.
 
+An objective whose terms reach across the batch (InfoNCE drawing negatives from every window:
+``global_batch = True``) is not cut into shards: each process computes its rows in one pass, the
+rows' encodings are gathered with gradients (``BatchRows.gather``), and its anchors are scored
+against the whole batch's. It gives the same numbers as one process with the whole batch.
+
 State that an objective updates outside the optimiser (TraceGraph_ELBO's decaying-average
 baseline in Pyro's param store) is handled the same way: every shard starts from the step's
 value, and the step ends with the mean of the shards' updates.
@@ -94,21 +99,75 @@ class Parallel:
         dist.all_reduce(value, op=dist.ReduceOp.MAX)
         return bool(value.item())
 
+    def broadcast_state(self, modules: dict) -> None:
+        """Every module's parameters and buffers as the main process holds them: its log
+        callbacks may have changed state the others never saw (the LFM's best-so-far copy)."""
+        if self.distributed:
+            for module in modules.values():
+                for tensor in module.state_dict().values():  # views of the module's own storage
+                    if torch.is_tensor(tensor):  # (extra state, e.g. ParamStoreEntries', is kept equal by the runner)
+                        dist.broadcast(tensor, src=0)
+
     def barrier(self) -> None:
         if self.distributed:
             dist.barrier()
+
+
+def rows_of(batch: dict, rows: range) -> dict:
+    """Rows ``rows`` of every tensor with the batch's first dimension; other values as they are."""
+    size = next(v.shape[0] for v in batch.values() if torch.is_tensor(v) and v.dim() > 0)
+    return {key: value[rows.start:rows.stop] if torch.is_tensor(value) and value.dim() > 0
+            and value.shape[0] == size else value for key, value in batch.items()}
+
+
+def shard_rows(size: int, shards: range, count: int) -> range:
+    """The rows of a batch of ``size`` that shards ``shards`` (of ``count`` equal ones) hold."""
+    if size % count:
+        raise ValueError(f"the batch of {size} cannot be cut into {count} equal shards: choose a --batch-size that "
+                         f"--shards divides")
+    per_shard = size // count
+    return range(shards.start * per_shard, shards.stop * per_shard)
 
 
 def shard_of(batch: dict, shard: int, shards: int) -> dict:
     """Rows [shard * B / shards, (shard + 1) * B / shards) of every tensor with the batch's first
     dimension B; other values are passed as they are."""
     size = next(v.shape[0] for v in batch.values() if torch.is_tensor(v) and v.dim() > 0)
-    if size % shards:
-        raise ValueError(f"the batch of {size} cannot be cut into {shards} equal shards: choose a --batch-size that "
-                         f"--shards divides")
-    rows = size // shards
-    return {key: value[shard * rows:(shard + 1) * rows] if torch.is_tensor(value) and value.dim() > 0
-            and value.shape[0] == size else value for key, value in batch.items()}
+    return rows_of(batch, shard_rows(size, range(shard, shard + 1), shards))
+
+
+@dataclass
+class BatchRows:
+    """Which rows of the step's batch this process holds, and how to see everyone's: what a
+    ``global_batch`` objective's loss receives as ``rows``."""
+
+    start: int
+    total: int
+    parallel: "Parallel | None" = None
+
+    def gather(self, tensor: torch.Tensor) -> torch.Tensor:
+        """Every process's ``tensor`` (its rows), concatenated in rank order; gradients flow back."""
+        if self.parallel is None or not self.parallel.distributed:
+            return tensor
+        return _GatherRows.apply(tensor, self.parallel)
+
+
+class _GatherRows(torch.autograd.Function):
+    """all_gather forward; backward sums every process's gradient for the gathered tensor and
+    keeps this process's rows (an all-reduce: gloo has no reduce-scatter)."""
+
+    @staticmethod
+    def forward(ctx, tensor, parallel):
+        ctx.rank, ctx.rows = parallel.rank, tensor.shape[0]
+        parts = [torch.empty_like(tensor) for _ in range(parallel.world_size)]
+        dist.all_gather(parts, tensor.contiguous())
+        return torch.cat(parts)
+
+    @staticmethod
+    def backward(ctx, grad):
+        grad = grad.contiguous().clone()
+        dist.all_reduce(grad, op=dist.ReduceOp.SUM)
+        return grad[ctx.rank * ctx.rows:(ctx.rank + 1) * ctx.rows], None
 
 
 def from_environment(shards: int | None, seed: int, device: torch.device) -> Parallel | None:

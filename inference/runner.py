@@ -23,7 +23,19 @@ from .checkpoint import (
     set_rng_state,
 )
 from .metrics_log import MetricsLog, read_metrics
-from .parallel import BATCH_STREAM, LOG_STREAM, Parallel, data_parallel, ddp_shard_losses, shard_of, sum_gradients
+from .objectives import batch_size_of
+from .parallel import (
+    BATCH_STREAM,
+    LOG_STREAM,
+    BatchRows,
+    Parallel,
+    data_parallel,
+    ddp_shard_losses,
+    rows_of,
+    shard_of,
+    shard_rows,
+    sum_gradients,
+)
 
 CHECKPOINT_NAME = "checkpoint.pt"
 
@@ -100,12 +112,27 @@ def to_device(batch: dict, device: torch.device | None) -> dict:
     return {key: value.to(device) if torch.is_tensor(value) else value for key, value in batch.items()}
 
 
+def _my_rows(batch_for_step, step: int, parallel: Parallel) -> tuple[dict, range, int]:
+    """This process's rows of the step's global batch, which rows they are, and the batch size.
+    A batch function that ``takes_rows`` (e.g. one reading audio from disk) reads only those."""
+    if getattr(batch_for_step, "takes_rows", False):
+        size = batch_for_step.batch_size
+        rows = shard_rows(size, parallel.my_shards(), parallel.shards)
+        return batch_for_step(step, rows=rows), rows, size
+    batch = batch_for_step(step)
+    size = batch_size_of(batch)
+    rows = shard_rows(size, parallel.my_shards(), parallel.shards)
+    return rows_of(batch, rows), rows, size
+
+
 def _sharded_loss(objective, batch_for_step, step: int, kwargs: dict, parallel: Parallel, params: list,
                   shared_state: list, device, ddp=None) -> float:
     """One step's loss and gradients over this process's shards, summed over the processes:
     the mean over the global batch (see inference/parallel.py)."""
     parallel.seed_stream(step, BATCH_STREAM)
-    batch = batch_for_step(step)
+    batch, rows, size = _my_rows(batch_for_step, step, parallel)
+    if getattr(objective, "global_batch", False):
+        return _global_batch_loss(objective, to_device(batch, device), rows, size, step, kwargs, parallel, params, ddp)
     start = [module.get_extra_state() for module in shared_state]
     sums = [{} for _ in shared_state]
 
@@ -119,7 +146,8 @@ def _sharded_loss(objective, batch_for_step, step: int, kwargs: dict, parallel: 
             for name, value in module.get_extra_state().items():
                 acc[name] = acc[name] + value if name in acc else value.clone()
 
-    shards = [(shard, to_device(shard_of(batch, shard, parallel.shards), device)) for shard in parallel.my_shards()]
+    mine = parallel.my_shards()
+    shards = [(shard, to_device(shard_of(batch, i, len(mine)), device)) for i, shard in enumerate(mine)]
     if ddp is not None:  # DDP all-reduces the gradients during the last shard's backward pass
         total = ddp_shard_losses(ddp, shards, kwargs, parallel, before_shard)
         after_shard()  # (no DDP objective keeps state outside the optimiser)
@@ -137,6 +165,27 @@ def _sharded_loss(objective, batch_for_step, step: int, kwargs: dict, parallel: 
         module.set_extra_state({name: parallel.sum_(value) / parallel.shards for name, value in sorted(acc.items())})
     loss = parallel.sum_(torch.tensor([total], dtype=torch.float64, device=parallel.device))
     return loss.item() / parallel.shards
+
+
+def _global_batch_loss(objective, batch: dict, rows: range, size: int, step: int, kwargs: dict, parallel: Parallel,
+                       params: list, ddp=None) -> float:
+    """A loss across the whole batch (``objective.global_batch``): this process's rows in one
+    pass, the others' reached through ``BatchRows.gather``. Each process's loss is the mean over
+    its rows (equal in number), so the mean over processes is the global batch's mean."""
+    parallel.seed_stream(step, 0)  # one stream for the step on every process: draws are made for the whole batch
+    kwargs = {**kwargs, "rows": BatchRows(rows.start, size, parallel)}
+    if ddp is not None:  # DDP averages the gradients over the processes
+        loss = ddp(batch, kwargs)
+        loss.backward()
+    else:
+        loss = objective.loss_tensor(batch, **kwargs)
+        loss.backward()
+        sum_gradients(params, parallel)
+        for p in params:
+            if p.grad is not None:
+                p.grad.div_(parallel.world_size)
+    total = parallel.sum_(torch.tensor([loss.item()], dtype=torch.float64, device=parallel.device))
+    return total.item() / parallel.world_size
 
 
 def train(

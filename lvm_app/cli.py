@@ -12,13 +12,14 @@ import time
 from pathlib import Path
 
 import pyro
-import torch
 
 from guides import GUIDE_FAMILIES
 from inference import TrainingDiverged, TrainingInterrupted, TrainSettings, train
 from inference.checkpoint import load_checkpoint
 from inference.parallel import from_environment, shutdown
+from inference.precision import PRECISIONS, with_precision
 from lvm_app.config_flags import add_dataclass_flags, dataclass_from_args, given_fields
+from lvm_app.device import DEVICE_HELP, UsageError, resolve_device
 from lvm_app.evaluation_protocol import PROTOCOLS, announcement, choose_protocol, settings_for
 from lvm_app.program import program_name
 from lvm_app.registry import EXPERIMENTS
@@ -31,8 +32,11 @@ PROG = program_name("run/svi.py")  # the prefix of every message
 # Settings that may differ between a run and its resumption: the length, where the data are, the
 # evaluation (``setting(..., evaluation=True)`` fields too), and, after a divergence, a lower
 # learning rate or a gradient clip (Adam's moments stay valid under either). Anything else would
-# make the resumed run a different experiment.
-RESUMABLE_CHANGES = {"steps", "progress", "data_dir", "epochs", "eval", "lr", "clip_norm"}
+# make the resumed run a different experiment. (The number of data-loading workers changes
+# where batches are read, never what they hold.)
+RESUMABLE_CHANGES = {"steps", "progress", "data_dir", "epochs", "eval", "lr", "clip_norm", "data_workers"}
+# Train settings added since runs were first written, at the value those runs trained with.
+ADDED_TRAIN_SETTINGS = {"precision": "fp32"}
 
 
 def build_parser(experiment=None) -> argparse.ArgumentParser:
@@ -72,7 +76,12 @@ def build_parser(experiment=None) -> argparse.ArgumentParser:
                              "short run; 'auto' (default), the paper's for a run of at least the model's default "
                              "length, else quick. Evaluation flags given explicitly win; the cost is printed first")
     parser.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
-    parser.add_argument("--device", default="auto", help="auto (a GPU when there is one), cpu, cuda or cuda:N")
+    parser.add_argument("--device", default="auto", help=DEVICE_HELP)
+    parser.add_argument("--precision", choices=PRECISIONS,
+                        help="fp32 (default), or bf16: in training, the network layers (linear, convolution, GRU) run "
+                             "in bfloat16 and return float32; log-densities, losses and the evaluation stay float32. "
+                             "Models: " + (", ".join(e.name for e in EXPERIMENTS.values() if e.supports_bf16) or "none")
+                             + ". --resume keeps the run's precision")
     parser.add_argument("--shards", type=int,
                         help="cut each step's batch into this many shards, each with its own random stream, so that "
                              "1, 2, 4 processes (torchrun --nproc_per_node N) give the same run (default: the number "
@@ -107,6 +116,9 @@ def parse(argv):
     args.guide = args.guide or experiment.default_guide
     if args.local and not experiment.supports_local_guide:
         parser.error(f"model {args.model} has no local (per-datapoint) guide")
+    if args.precision == "bf16" and not experiment.supports_bf16:
+        parser.error(f"--precision bf16 does not apply to model {args.model}: {experiment.bf16_note}; use --precision "
+                     "fp32 (bf16 models: " + ", ".join(e.name for e in EXPERIMENTS.values() if e.supports_bf16) + ")")
     for name in ("steps", "epochs", "batch_size", "lr", "log_every", "checkpoint_every", "clip_norm", "shards"):
         value = getattr(args, name)
         if value is not None and not (math.isfinite(value) and value > 0):
@@ -148,6 +160,7 @@ def resolve(experiment, args, data) -> dict:
         "clip_norm": args.clip_norm,
         "log_every": args.log_every or defaults.log_every,  # as asked: a later --resume may change --steps
         "checkpoint_every": args.checkpoint_every or defaults.checkpoint_every,
+        "precision": args.precision or (saved_precision(args.out) if args.resume else "fp32"),
     }
 
 
@@ -170,6 +183,8 @@ def check_resumable(out: Path, config: dict, evaluation_only: set[str], defaults
     if not (out / "checkpoint.pt").exists():
         raise RuntimeError(f"--resume: no checkpoint.pt in {out}; start the run without --resume")
     saved = with_new_defaults(json.loads((out / "config.json").read_text()), defaults)
+    train = saved.get("train", {})  # (train settings added since: appended, so config.json keeps its order)
+    saved["train"] = {**train, **{key: value for key, value in ADDED_TRAIN_SETTINGS.items() if key not in train}}
     allowed = RESUMABLE_CHANGES | evaluation_only
     refused = [f"{key}: {old!r} -> {new!r}" for (_, key), (old, new) in changed_settings(saved, config).items()
                if key not in allowed]
@@ -187,6 +202,15 @@ def saved_steps(out: Path) -> int:
         raise RuntimeError(f"--resume: {out / 'config.json'} is missing or not a run configuration ({error})") from None
 
 
+def saved_precision(out: Path) -> str:
+    """The precision the run in ``out`` trains with (fp32 for a run written before --precision existed,
+    or when its config.json cannot be read: ``check_resumable`` then says what is wrong)."""
+    try:
+        return json.loads((out / "config.json").read_text())["train"].get("precision", "fp32")
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        return "fp32"
+
+
 def config_after_resume(saved: dict, config: dict, checkpoint_step: int) -> dict:
     """config.json of a resumed run: the saved one when nothing more is trained (a re-evaluation
     leaves the run's record as it was), else the new one with each change logged in ``resumed``."""
@@ -196,10 +220,6 @@ def config_after_resume(saved: dict, config: dict, checkpoint_step: int) -> dict
                if section == "train" and key != "steps"}
     history = saved.get("resumed", []) + ([{"at_step": checkpoint_step, "changed": changes}] if changes else [])
     return {**config, "resumed": history} if history else config
-
-
-class UsageError(Exception):
-    """Bad usage found after parsing (exit 2, one line)."""
 
 
 RUN_FILES = ("config.json", "checkpoint.pt", "metrics.csv", "summary.json")
@@ -239,18 +259,6 @@ def run(experiment, args) -> dict:
     return _run_locked(experiment, args, out, parallel, device)
 
 
-def resolve_device(name: str) -> torch.device:
-    """``auto``: the GPU when there is one; a CUDA device asked for where there is none is refused."""
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    device = torch.device(name)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise UsageError(f"--device {name}: this machine has no CUDA device; use --device cpu")
-    if device.type == "cuda" and device.index is not None and device.index >= torch.cuda.device_count():
-        raise UsageError(f"--device {name}: there are only {torch.cuda.device_count()} CUDA devices")
-    return device
-
-
 def _run_locked(experiment, args, out: Path, parallel, device) -> dict:
     main_process = parallel is None or parallel.is_main
     data_dir = DataDir(args.data_dir)
@@ -276,6 +284,7 @@ def _run_locked(experiment, args, out: Path, parallel, device) -> dict:
     built = experiment.build(model_config, settings, data, args.guide, args.local)
     for module in built.modules.values():
         module.to(device)
+    built.objective = with_precision(built.objective, train_config["precision"], device)
     config = {"run": run_info, "train": train_config,
               "model_config": json.loads(json.dumps(dataclasses.asdict(model_config))),
               "settings": dataclasses.asdict(settings)}
@@ -291,8 +300,9 @@ def _run_locked(experiment, args, out: Path, parallel, device) -> dict:
             for name in (*RUN_FILES, "best.pt"):
                 (out / name).unlink(missing_ok=True)
         (out / "config.json").write_text(json.dumps(config, indent=2) + "\n")
+    batches = experiment.batches(data, train_config["batch_size"], args.seed)
     last = train(
-        built.objective, built.modules, experiment.batches(data, train_config["batch_size"], args.seed),
+        built.objective, built.modules, batches,
         TrainSettings(steps=train_config["steps"], lr=train_config["lr"], clip_norm=train_config["clip_norm"],
                       log_every=min(train_config["log_every"], train_config["steps"]),
                       checkpoint_every=train_config["checkpoint_every"],
@@ -300,12 +310,15 @@ def _run_locked(experiment, args, out: Path, parallel, device) -> dict:
         out, resume=args.resume, schedule=experiment.schedule(settings, built),
         on_log=experiment.on_log(built, data, settings), parallel=parallel, device=device,
     )
+    if hasattr(batches, "close"):  # data-loading workers have nothing to do during evaluation
+        batches.close()
     for module in built.modules.values():
         module.eval()
     if parallel is not None:  # every process enters evaluation with the same random state
         parallel.seed_evaluation(-1)
         if experiment.shards_evaluation:  # the processes share the evaluation's points
             built.info["parallel"] = parallel
+            parallel.broadcast_state(built.modules)
     if not main_process:  # the main process writes the results
         if "parallel" in built.info:
             experiment.evaluate(built, data, settings, out, False)

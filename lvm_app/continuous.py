@@ -14,7 +14,7 @@ from guides.refine import MODES as REFINE_MODES
 from inference import ElboObjective, IwaeObjective, evaluate_importance
 from inference.iwae_objective import GRADIENTS
 from inference.schedules import kl_warmup
-from pyro_models.core import AT_LEAST_ONE, POSITIVE, setting
+from pyro_models.core import AT_LEAST_ONE, POSITIVE, device_of, setting
 from pyro_models.datasets.vector_data import as_float, binarise_fixed, evenly_spaced
 
 from . import plots
@@ -226,11 +226,14 @@ class DensityExperiment(Experiment):
         if data.image_shape is None:
             return files
         model, guide = built.model, built.guide  # a refined guide shows its refined reconstructions
+        device = device_of(model)
         with torch.no_grad():
             x = data.test[:10] if guide.amortised else binarise_fixed(data.train[:10], TRAIN_EVAL_BINARISATION_SEED)
-            z = guide(x=x, idx=torch.arange(10))["z"]
+            x = x.to(device)
+            z = guide(x=x, idx=torch.arange(10, device=device))["z"]
             recon = torch.sigmoid(model.decoder(z))
-            prior_z = torch.randn(20, model.config.latent_dim, generator=torch.Generator().manual_seed(0))
+            # drawn on the CPU, so the figure shows the same z on every device
+            prior_z = torch.randn(20, model.config.latent_dim, generator=torch.Generator().manual_seed(0)).to(device)
             samples = torch.sigmoid(model.decoder(prior_z))
         files.append(plots.image_grid([x, recon], data.image_shape, out_dir / "reconstructions.png",
                                       ["input", "reconstruction (pixel probabilities)"]))
@@ -241,7 +244,8 @@ class DensityExperiment(Experiment):
 
 def refinement(guide: RefinedGuide, points: dict, chunk: int = REFINE_POINT_CHUNK):
     """``guide.refine`` over the points in chunks: (initial, refined) parameters, each (N, P)."""
-    x = {key: value for key, value in points.items() if key != "idx"}
+    device = device_of(guide)
+    x = {key: value.to(device) for key, value in points.items() if key != "idx"}
     n = next(iter(x.values())).shape[0]
     parts = [guide.refine(**{key: value[start:start + chunk] for key, value in x.items()})
              for start in range(0, n, chunk)]

@@ -33,7 +33,7 @@ from guides import GUIDE_FAMILIES
 from inference.gap_checks import NOT_APPLICABLE, check_lines
 from inference.gap_estimates import GapOptions
 from inference.gap_report import assemble
-from lvm_app.cli import UsageError, resolve_device
+from lvm_app.device import DEVICE_CHOICES, UsageError, resolve_device
 from lvm_app.gap_continuous import NotApplicable, continuous_run_estimates
 from lvm_app.program import program_name
 from lvm_app.run_dir import load_run
@@ -75,7 +75,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data-dir", help="data directory (default: the run's)")
     p.add_argument("--out", help="where gap.json and gap.md go (default: the checkpoint directory)")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N (written for GPUs, verified on the CPU only)")
+    p.add_argument("--device", default="cpu", help=f"{DEVICE_CHOICES} (default: cpu; a checkpoint written on any "
+                   "device loads on any other)")
     p.add_argument("--threads", type=int, help="torch threads (default: torch's; 1 is faster on a busy machine)")
     p.add_argument("--no-progress", dest="progress", action="store_false")
     p.add_argument("--traceback", action="store_true")

@@ -23,6 +23,7 @@ from pathlib import Path
 
 from lvm_app.atlas_entries import ENTRIES, AtlasEntry
 from lvm_app.atlas_report import write_report
+from lvm_app.device import DEVICE_CHOICES, UsageError, resolve_device
 from lvm_app.program import program_name
 
 PROG = program_name("run/gap_atlas.py")  # the prefix of every message
@@ -43,6 +44,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--train-only", action="store_true",
                    help="train (or continue) the entries' runs and stop before their gap reports")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device", help=f"{DEVICE_CHOICES}: given to every stage, run/svi.py and run/gap.py (default: "
+                   "each stage's own, auto for training and cpu for the gap reports)")
     return p
 
 
@@ -92,11 +95,13 @@ class Stages:
 
     def entry(self, entry: AtlasEntry) -> None:
         run_dir = self.out / entry.name / "run"
-        data = ["--data-dir", self.args.data_dir] if self.args.data_dir else []
+        # flags both stages take
+        common = ["--data-dir", self.args.data_dir] if self.args.data_dir else []
+        common += ["--device", self.args.device] if self.args.device else []
         if not (run_dir / "summary.json").exists():
             train = entry.tiny_train_args if self.args.tiny else entry.train_args
             command = ["run/svi.py", "--model", entry.model, "--guide", entry.guide, "--dataset", entry.dataset,
-                       *data, *train, "--seed", str(self.args.seed), "--out", str(run_dir), "--no-progress"]
+                       *common, *train, "--seed", str(self.args.seed), "--out", str(run_dir), "--no-progress"]
             if (run_dir / "checkpoint.pt").exists():
                 command.append("--resume")
             elif run_dir.exists():  # started, but stopped before its first checkpoint: start again
@@ -110,7 +115,7 @@ class Stages:
             gap_dir = self.out / entry.name / f"gap-{split}"
             if (gap_dir / "gap.json").exists():
                 continue
-            command = ["run/gap.py", "--checkpoint", str(run_dir), "--out", str(gap_dir), "--split", split, *data,
+            command = ["run/gap.py", "--checkpoint", str(run_dir), "--out", str(gap_dir), "--split", split, *common,
                        *gap, "--seed", str(self.args.seed), "--threads", "1", "--no-progress"]
             if self.interrupted or not self._run(entry, f"gap-{split}", command):
                 return
@@ -127,6 +132,12 @@ def main(argv=None) -> int:
         entries = select(args.only)
     except ValueError as error:
         parser.error(str(error))
+    if args.device is not None:
+        try:  # refused here, not by each stage: exit 2 before anything runs
+            resolve_device(args.device)
+        except UsageError as error:
+            print(f"{PROG}: error: {error}", file=sys.stderr)
+            return 2
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     stages = Stages(args, out)

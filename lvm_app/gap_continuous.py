@@ -14,6 +14,7 @@ from inference.gap_report import GapSettings, continuous_estimates
 from inference.local_opt import LocalOptSettings
 from lvm_app.gap_plan import plan_line
 from lvm_app.program import program_name
+from pyro_models.core import device_of
 from pyro_models.networks import linear_flops
 
 
@@ -21,13 +22,18 @@ class NotApplicable(Exception):
     """The gap report cannot be computed for this run (exit 2)."""
 
 
-def matmul_peak_gflops(n: int = 1024, repeats: int = 5) -> float:
-    a, b = torch.randn(n, n), torch.randn(n, n)
+def matmul_peak_gflops(n: int = 1024, repeats: int = 5, device=None) -> float:
+    """float32 matmul GFLOP/s on ``device`` (where AIS ran), best of ``repeats``."""
+    device = torch.device(device or "cpu")
+    wait = torch.cuda.synchronize if device.type == "cuda" else lambda: None  # CUDA kernels run asynchronously
+    a, b = torch.randn(n, n, device=device), torch.randn(n, n, device=device)
     a @ b
     best = math.inf
     for _ in range(repeats):
+        wait()
         t = time.perf_counter()
         a @ b
+        wait()
         best = min(best, time.perf_counter() - t)
     return 2 * n ** 3 / best / 1e9
 
@@ -68,7 +74,7 @@ def continuous_run_estimates(args, run, points: dict) -> GapEstimates:
     print(f"{program_name('run/gap.py')}: plan: {plan_line(args, run, next(iter(points.values())).shape[0])}", file=sys.stderr)
     plain = guide.guide if isinstance(guide, RefinedGuide) else guide  # q* starts from the encoder's own output
     local_guide = plain if family == run.config["run"]["guide"] else build_guide(
-        guide_family(family), model.latent_sites, num_points=1)
+        guide_family(family), model.latent_sites, num_points=1).to(device_of(model))
     estimates = continuous_estimates(
         model.model, guide, points, gap_settings(args, init), guide_model=experiment.model_program(built),
         local_guide=local_guide, frozen_modules=list(built.modules.values()),
@@ -84,5 +90,5 @@ def add_decoder_throughput(diagnostics: dict, model) -> None:
     if decoder is None or linear_flops(decoder) == 0:
         return
     gflops = diagnostics["leapfrog_chain_points_per_s"] * 2 * linear_flops(decoder) / 1e9  # forward + input gradient
-    peak = matmul_peak_gflops()
+    peak = matmul_peak_gflops(device=device_of(model))
     diagnostics.update({"decoder_gflops_per_s": gflops, "matmul_peak_gflops": peak, "fraction_of_peak": gflops / peak})

@@ -70,6 +70,10 @@ class Experiment:
     supports_local_guide: bool = False
     supports_gap_report: bool = False  # run/gap.py applies (evaluation_points is implemented)
     own_gap_estimator: bool = False  # gap_estimates is implemented (else AIS, IWAE and local q* apply)
+    # --precision bf16 (inference/precision.py: network layers in bfloat16 in training) is allowed only
+    # where a bf16 run was measured to train as the float32 one does; bf16_note says why not otherwise.
+    supports_bf16: bool = False
+    bf16_note: str = "its training has not been measured in bfloat16"
 
     def train_defaults(self, dataset: str) -> TrainDefaults:
         raise NotImplementedError

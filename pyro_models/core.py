@@ -2,6 +2,7 @@
 guide must serve, per-site scaling (annealing), instance names for Pyro's param store, and
 settings fields that become CLI flags."""
 import dataclasses
+import itertools
 import math
 import typing
 from collections import Counter
@@ -112,6 +113,12 @@ def unique_name(base: str) -> str:
     count = _instances[base]
     _instances[base] += 1
     return base if count == 0 else f"{base}_{count}"
+
+
+def device_of(module: nn.Module) -> torch.device:
+    """Where a module's parameters (else buffers) are, so where its inputs must go (the CPU when it has none)."""
+    first = next(itertools.chain(module.parameters(), module.buffers()), None)
+    return first.device if first is not None else torch.device("cpu")
 
 
 def batch_size_of(data: torch.Tensor | None, idx: torch.Tensor | None = None, batch_size: int | None = None) -> int:

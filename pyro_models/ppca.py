@@ -39,7 +39,7 @@ class ReplicatedPPCA:
     def log_marginal(self, x=None, weight=None, bias=None) -> torch.Tensor:
         """Exact log p(x) per point: N(b, W W^T + s^2 I) (default: all the points)."""
         x, weight, bias = (self.x, self.weight, self.bias) if x is None else (x, weight, bias)
-        cov = weight @ weight.transpose(-1, -2) + self.noise ** 2 * torch.eye(weight.shape[1])
+        cov = weight @ weight.transpose(-1, -2) + self.noise ** 2 * torch.eye(weight.shape[1], device=weight.device)
         return dist.MultivariateNormal(bias, covariance_matrix=cov).log_prob(x)
 
     def per_replicate(self, per_point: torch.Tensor) -> torch.Tensor:

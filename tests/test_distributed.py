@@ -25,14 +25,15 @@ CASES = {
     "mfcvae-fade-in": ["--model", "mfcvae", "--steps", "8", "--log-every", "4", "--phase-steps", "2",
                        "--fade-in-steps", "4", "--iwae-k", "2", "--eval-points", "20", "--gmm-init-points", "200",
                        "--batch-size", "32", "--log-eval-points", "20"],
+    # --eval-max-rows 16: chunks of 8 words, which the processes share
     "lfm-decaying": ["--model", "lfm", "--guide", "bernoulli", "--baseline", "decaying", "--steps", "6",
                      "--log-every", "3", "--batch-size", "16", "--importance-samples", "2",
                      "--dev-importance-samples", "2", "--eval-points", "20", "--dev-points", "20",
-                     "--train-eval-points", "20", "--embedding-dim", "16", "--hidden-dim", "16"],
+                     "--train-eval-points", "20", "--embedding-dim", "16", "--hidden-dim", "16", "--eval-max-rows", "16"],
     "lfm-neural": ["--model", "lfm", "--guide", "bernoulli", "--baseline", "neural", "--steps", "6",
                    "--log-every", "3", "--batch-size", "16", "--importance-samples", "2",
                    "--dev-importance-samples", "2", "--eval-points", "20", "--dev-points", "20",
-                   "--train-eval-points", "20", "--embedding-dim", "16", "--hidden-dim", "16"],
+                   "--train-eval-points", "20", "--embedding-dim", "16", "--hidden-dim", "16", "--eval-max-rows", "16"],
     "cpc": ["--model", "cpc", "--steps", "6", "--log-every", "3", "--width", "16", "--context-dim", "16",
             "--batch-size", "4", "--eval-batches", "1", "--probe-utterances", "20", "--probe-iterations", "5",
             "--baselines", ""],
@@ -83,6 +84,21 @@ def test_two_processes_train_the_run_of_one(case, tmp_path):
     assert result.returncode == 0, result.stderr[-3000:]
     assert_same_run(tmp_path / "one", tmp_path / "two")
     assert not (tmp_path / "two" / "summary.json").read_text().count("NaN")
+
+
+@pytest.mark.parametrize("negatives", [[], ["--negatives", "other", "--num-negatives", "3"]], ids=["all", "sampled"])
+def test_cpc_processes_draw_negatives_from_the_whole_batch(negatives, tmp_path):
+    """Each process scores its windows against every process's encodings: two processes train
+    the objective of one process with the whole batch. Every eligible negative: the unsharded run
+    itself; sampled negatives: drawn for the whole batch from the step's stream (--shards 2), and
+    each process reading its own windows ahead in a worker (--data-workers 1)."""
+    if not os.environ.get("PYRO_MODELS_DATA"):
+        pytest.skip("PYRO_MODELS_DATA is not set (CI sets it to ../shared/data)")
+    argv = [*CASES["cpc"], *negatives]
+    assert one_process(*argv, *(["--shards", "2"] if negatives else []), "--out", tmp_path / "one") == 0
+    result = torchrun(*argv, *(["--data-workers", "1"] if negatives else []), "--out", tmp_path / "two")
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert_same_run(tmp_path / "one", tmp_path / "two")
 
 
 def test_shards_accumulate_within_a_process(tmp_path):
@@ -176,3 +192,28 @@ def test_evaluation_ranges_cover_every_point_once_in_order():
             ranges = [Parallel(shards=world, seed=0, rank=r, world_size=world).my_range(items) for r in range(world)]
             assert [i for r in ranges for i in r] == list(range(items))  # contiguous, in rank order, no padding
             assert max(map(len, ranges)) - min(map(len, ranges)) <= 1
+
+
+BROADCAST = """
+import torch, torch.distributed as dist
+from inference.parallel import from_environment
+parallel = from_environment(None, 0, torch.device("cpu"))
+module = torch.nn.Linear(2, 2)
+module.register_buffer("best", torch.full((3,), float(parallel.rank)))
+with torch.no_grad():
+    module.weight.fill_(parallel.rank)
+parallel.broadcast_state({"m": module})
+assert torch.all(module.best == 0) and torch.all(module.weight == 0), (parallel.rank, module.best, module.weight)
+dist.destroy_process_group()
+"""
+
+
+def test_every_process_evaluates_the_state_the_main_one_holds(tmp_path):
+    """Log callbacks run on the main process only (the LFM's best-so-far copy is updated there):
+    before a shared evaluation, every process takes the main one's parameters and buffers."""
+    script = tmp_path / "broadcast.py"
+    script.write_text(BROADCAST)
+    result = subprocess.run(["torchrun", "--standalone", "--nproc_per_node", "2", str(script)], capture_output=True,
+                            text=True, cwd=ROOT, timeout=120,
+                            env={**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)})
+    assert result.returncode == 0, result.stderr[-3000:]

@@ -141,3 +141,34 @@ def test_bad_arguments_say_what_is_wrong(kwargs, message):
     predictions, z = torch.randn(batch, steps, 3, 4), torch.randn(batch, steps, 4)
     with pytest.raises(ValueError, match=message):
         info_nce(predictions, z, num_negatives=2, **kwargs)
+
+
+@pytest.mark.parametrize("mode", ["same", "other", "both"])
+@pytest.mark.parametrize("num_negatives", [0, 3])
+def test_rows_scored_against_the_whole_batch_equal_the_whole_batch(mode, num_negatives):
+    """What each process of a data-parallel run computes: its rows' anchors against every row's
+    encodings. Equal parts average to the whole batch's loss, draw the same negatives (drawn for
+    the whole batch, then sliced) and give the same gradients."""
+    torch.manual_seed(0)
+    B, T, K, D = 4, 6, 2, 3
+    predictions = torch.randn(B, T, K, D, requires_grad=True)
+    z = torch.randn(B, T, D, requires_grad=True)
+    whole = info_nce(predictions, z, mode, num_negatives, torch.Generator().manual_seed(5), return_indices=True)
+    whole.loss.backward()
+    grads = predictions.grad.clone(), z.grad.clone()
+    predictions.grad, z.grad = None, None
+    parts = [info_nce(predictions[rows], z[rows], mode, num_negatives, torch.Generator().manual_seed(5),
+                      return_indices=True, candidates=z, first_row=rows.start)
+             for rows in (range(0, 2), range(2, 4))]
+    torch.stack([part.loss for part in parts]).mean().backward()
+    assert torch.allclose(torch.stack([p.loss_per_k for p in parts]).mean(0), whole.loss_per_k, atol=1e-6)
+    assert torch.allclose(predictions.grad, grads[0], atol=1e-6) and torch.allclose(z.grad, grads[1], atol=1e-6)
+    if num_negatives:
+        for k in range(K):
+            assert torch.equal(torch.cat([p.negative_index[k] for p in parts]), whole.negative_index[k])
+
+
+def test_rows_outside_the_candidates_are_refused():
+    z = torch.randn(4, 6, 3)
+    with pytest.raises(ValueError, match="do not hold z"):
+        info_nce(torch.randn(2, 6, 2, 3), z[:2], candidates=z, first_row=3)

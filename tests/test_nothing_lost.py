@@ -110,6 +110,27 @@ def test_checkpoints_load_as_plain_tensors_and_restore_every_random_state(tmp_pa
     assert torch.equal(torch.rand(3), expected)
 
 
+def test_each_gpu_generator_travels_in_the_checkpoint(tmp_path, monkeypatch):
+    """On a GPU, noise drawn on the device comes from its own generators: saved, and restored on
+    a machine with as many GPUs (here the CUDA calls are stand-ins: these machines have none)."""
+    saved_states, restored = [torch.tensor([1, 2], dtype=torch.uint8), torch.tensor([3], dtype=torch.uint8)], []
+    monkeypatch.setattr(torch.cuda, "is_initialized", lambda: True)
+    monkeypatch.setattr(torch.cuda, "get_rng_state_all", lambda: saved_states)
+    module = torch.nn.Linear(2, 1)
+    save_checkpoint(tmp_path / "c.pt", 1, {"m": module}, None)
+    state = load_checkpoint(tmp_path / "c.pt")["rng"]
+    assert [t.tolist() for t in state["cuda"]] == [[1, 2], [3]]
+    from inference.checkpoint import set_rng_state
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    monkeypatch.setattr(torch.cuda, "set_rng_state_all", restored.append)
+    set_rng_state(state)
+    assert [[t.tolist() for t in states] for states in restored] == [[[1, 2], [3]]]
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)  # another machine: its own generators stay
+    set_rng_state(state)
+    assert len(restored) == 1
+
+
 def test_a_non_finite_parameter_is_never_checkpointed(tmp_path):
     module = torch.nn.Linear(2, 1)
     save_checkpoint(tmp_path / "checkpoint.pt", 1, {"model": module}, None)

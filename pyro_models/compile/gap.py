@@ -50,6 +50,7 @@ from tqdm.auto import tqdm
 from inference.gap_estimates import Estimate, GapEstimates, GapOptions
 from pyro_models.compile.guide import CompILEGuide
 from pyro_models.compile.model import CompILE, boundary_prior_logits, transition_support
+from pyro_models.core import device_of
 
 PRIOR_MIXTURE = 0.5  # weight of p(z) in the importance proposal of a Gaussian segment
 MAX_ROWS = 1 << 14  # (samples x segments) per decoder pass: larger tensors are slower here (allocation)
@@ -91,20 +92,20 @@ class Segments:
 def enumerate_configurations(lengths: torch.Tensor, num_segments: int, width: int) -> Configurations:
     """Every (b_1..b_{n-1}) whose transitions are all in ``transition_support``, per sequence."""
     support = transition_support(lengths, width)
-    batch = lengths.shape[0]
-    sequence = torch.arange(batch)
-    paths = torch.zeros(batch, 0, dtype=torch.long)
-    previous = torch.zeros(batch, dtype=torch.long)
+    batch, device = lengths.shape[0], lengths.device
+    sequence = torch.arange(batch, device=device)
+    paths = torch.zeros(batch, 0, dtype=torch.long, device=device)
+    previous = torch.zeros(batch, dtype=torch.long, device=device)
     for _ in range(num_segments - 1):
         row, t = support[sequence, previous].nonzero(as_tuple=True)  # row-major: rows stay grouped
         sequence, paths, previous = sequence[row], torch.cat([paths[row], t[:, None]], 1), t
     counts = torch.bincount(sequence, minlength=batch)
     first = counts.cumsum(0) - counts
-    slot = torch.arange(len(sequence)) - first[sequence]
+    slot = torch.arange(len(sequence), device=device) - first[sequence]
     width_c = int(counts.max())
     positions = paths[first].unsqueeze(1).repeat(1, width_c, 1)  # padding: the first configuration
     positions[sequence, slot] = paths
-    valid = torch.zeros(batch, width_c, dtype=torch.bool)
+    valid = torch.zeros(batch, width_c, dtype=torch.bool, device=device)
     valid[sequence, slot] = True
     return Configurations(positions, valid)
 
@@ -126,7 +127,7 @@ def configuration_log_prior(model: CompILE, lengths: torch.Tensor, configs: Conf
     rows = _rows(lengths, c)
     support, table = transition_support(rows, width), model.table(width)
     previous = _one_hot(torch.zeros_like(rows), width, table.dtype)
-    total = torch.zeros(batch * c, dtype=torch.float64)
+    total = torch.zeros(batch * c, dtype=torch.float64, device=rows.device)
     for i in range(m):
         boundary = _one_hot(positions[:, i], width, table.dtype)
         log_p = boundary_prior_logits(previous, support, table).double().log_softmax(-1)
@@ -142,7 +143,7 @@ def guide_on_configurations(guide: CompILEGuide, tokens, lengths, configs: Confi
     batch, c, m = configs.positions.shape
     width = tokens.shape[-1]
     positions = configs.positions.reshape(batch * c, m)
-    log_q = torch.zeros(batch * c, dtype=torch.float64)
+    log_q = torch.zeros(batch * c, dtype=torch.float64, device=tokens.device)
 
     def given_boundary(i, logits):
         nonlocal log_q
@@ -160,7 +161,7 @@ def configuration_segments(tokens, lengths, configs: Configurations, vocab_size:
     last = (lengths - 1)[:, None, None].expand(batch, c, 1)
     starts = torch.cat([torch.zeros_like(last), configs.positions], -1)  # (B, C, n)
     ends = torch.cat([configs.positions, last], -1)
-    seq = torch.arange(batch)[:, None, None].expand_as(starts)
+    seq = torch.arange(batch, device=tokens.device)[:, None, None].expand_as(starts)
     keys, index = torch.unique((seq * width + starts) * width + ends, return_inverse=True)
     sequence, start, end = keys // (width * width), keys // width % width, keys % width
     cumulative = nn.functional.pad(nn.functional.one_hot(tokens, vocab_size).cumsum(1), (0, 0, 1, 0))
@@ -194,7 +195,8 @@ def delta_method(function, values: torch.Tensor, variances: torch.Tensor, segmen
     x = values.detach().double().requires_grad_()
     out = function(x)
     (grad,) = torch.autograd.grad(out.sum(), x)
-    var = torch.zeros(batch, dtype=torch.float64).index_add_(0, segments.sequence, grad ** 2 * variances.double())
+    var = torch.zeros(batch, dtype=torch.float64, device=x.device).index_add_(0, segments.sequence,
+                                                                               grad ** 2 * variances.double())
     return out.detach(), var, grad
 
 
@@ -229,7 +231,7 @@ def expectation_over_configurations(log_prior, log_q, valid, segments: Segments)
 def concrete_segments(model: CompILE, params: torch.Tensor, segments: Segments):
     """One-hot codes, exactly: (log p(x_seg), ELBO of the amortised q(z|seg)), each (S,) float64."""
     d = model.config.latent_dim
-    log_lik = log_likelihood(model, torch.eye(d).unsqueeze(1), segments.counts).double()  # (D, S)
+    log_lik = log_likelihood(model, torch.eye(d, device=params.device).unsqueeze(1), segments.counts).double()  # (D, S)
     log_px = torch.logsumexp(log_lik, 0) - math.log(d)
     log_q = params.double().log_softmax(-1)  # (S, D)
     q = log_q.exp()
@@ -247,11 +249,11 @@ def gaussian_elbo(model: CompILE, loc, log_scale, counts, samples: int):
     """Per segment (S,): the ELBO of N(loc, scale^2) (MC reconstruction + analytic KL) and the MC
     variance of the estimate. Segments without symbols are exact (-KL, variance 0)."""
     chunk = max(1, MAX_ROWS // max(1, loc.shape[0]))
-    sums = torch.zeros(loc.shape[0], dtype=torch.float64)
+    sums = torch.zeros(loc.shape[0], dtype=torch.float64, device=loc.device)
     squares = torch.zeros_like(sums)
     for begin in range(0, samples, chunk):
         k = min(chunk, samples - begin)
-        z = loc + log_scale.exp() * torch.randn(k, *loc.shape)
+        z = loc + log_scale.exp() * torch.randn(k, *loc.shape, device=loc.device)
         ll = log_likelihood(model, z, counts).double()
         sums += ll.sum(0)
         squares += (ll ** 2).sum(0)
@@ -274,7 +276,7 @@ def fit_local_gaussians(model: CompILE, loc, log_scale, counts, sequence, option
     window, previous, step = [], None, 0
     bar = tqdm(total=options.local_steps, desc="CompILE q*", disable=not options.progress, leave=False)
     while step < options.local_steps:
-        z = loc + log_scale.exp() * torch.randn(options.local_particles, *loc.shape)
+        z = loc + log_scale.exp() * torch.randn(options.local_particles, *loc.shape, device=loc.device)
         elbo = log_likelihood(model, z, counts).mean(0) - gaussian_kl(loc, log_scale)
         grads = torch.autograd.grad(-elbo.sum(), [loc, log_scale])  # the decoder's .grad untouched
         loc.grad, log_scale.grad = grads
@@ -296,11 +298,11 @@ class LogMeanExp:
     """Streamed log of the mean of importance weights per segment, with the variance of
     ``Estimate.log_mean_exp`` (var(w / mean w) / K), from running sums relative to a running peak."""
 
-    def __init__(self, size: int):
-        self.count = torch.zeros(size, dtype=torch.float64)
-        self.peak = torch.full((size,), -math.inf, dtype=torch.float64)
-        self.sum_w = torch.zeros(size, dtype=torch.float64)  # sum exp(lw - peak)
-        self.sum_w2 = torch.zeros(size, dtype=torch.float64)  # sum exp(2 (lw - peak))
+    def __init__(self, size: int, device=None):
+        self.count = torch.zeros(size, dtype=torch.float64, device=device)
+        self.peak = torch.full((size,), -math.inf, dtype=torch.float64, device=device)
+        self.sum_w = torch.zeros(size, dtype=torch.float64, device=device)  # sum exp(lw - peak)
+        self.sum_w2 = torch.zeros(size, dtype=torch.float64, device=device)  # sum exp(2 (lw - peak))
 
     def add(self, rows: torch.Tensor, log_weights: torch.Tensor) -> None:
         """``log_weights`` (k, len(rows)): k more draws for the segments ``rows``."""
@@ -337,8 +339,8 @@ def importance_sample(model: CompILE, loc, log_scale, counts, rows: torch.Tensor
             sigma, log_det = log_sigma.exp(), log_sigma.sum(-1)
             for begin in range(0, samples, chunk):
                 k = min(chunk, samples - begin)
-                eps = torch.randn(k, len(block), d)
-                from_prior = torch.rand(k, len(block), 1) < PRIOR_MIXTURE
+                eps = torch.randn(k, len(block), d, device=loc.device)
+                from_prior = torch.rand(k, len(block), 1, device=loc.device) < PRIOR_MIXTURE
                 z = torch.where(from_prior, eps, mu + sigma * eps)
                 u = torch.where(from_prior, (eps - mu) / sigma, eps)  # z standardised under N(loc, scale^2)
                 log_p = -0.5 * (z * z).sum(-1) - constant
@@ -357,7 +359,7 @@ def segment_log_marginals(model: CompILE, loc, log_scale, segments: Segments, lo
     exactly. Also returns the number of segments given the full K."""
     nonempty = ~segments.empty
     rows = nonempty.nonzero().squeeze(-1)
-    sums = LogMeanExp(len(nonempty))
+    sums = LogMeanExp(len(nonempty), nonempty.device)
     pilot = min(options.is_k, IS_PILOT)
     importance_sample(model, loc, log_scale, segments.counts, rows, pilot, sums, options.progress)
 
@@ -381,9 +383,11 @@ def segment_log_marginals(model: CompILE, loc, log_scale, segments: Segments, lo
 
 def compile_gap_estimates(model: CompILE, guide: CompILEGuide, tokens: torch.Tensor, lengths: torch.Tensor,
                           options: GapOptions | None = None) -> GapEstimates:
-    """log p(x), L[q] and L[q*] of the discrete model for each sequence (see the module docstring)."""
+    """log p(x), L[q] and L[q*] of the discrete model for each sequence (see the module docstring).
+    Computed on the model's device: every tensor below follows ``tokens``."""
     options = options or GapOptions()
     started = time.perf_counter()
+    tokens, lengths = tokens.to(device_of(model)), lengths.to(device_of(model))
     cfg = model.config
     batch, width = tokens.shape
     configs = enumerate_configurations(lengths, cfg.num_segments, width)
@@ -403,7 +407,7 @@ def compile_gap_estimates(model: CompILE, guide: CompILEGuide, tokens: torch.Ten
     if cfg.latent_dist == "concrete":
         t = time.perf_counter()
         seg_log_px, seg_elbo = concrete_segments(model, params, segments)
-        zero = torch.zeros(num, dtype=torch.float64)
+        zero = torch.zeros(num, dtype=torch.float64, device=tokens.device)
         log_px, _, _ = delta_method(log_sum, seg_log_px, zero, segments, batch)
         elbo_q, _, _ = delta_method(expectation, seg_elbo, zero, segments, batch)
         timings["segments_s"] = time.perf_counter() - t

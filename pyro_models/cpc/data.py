@@ -59,9 +59,16 @@ class Utterance:
             return self.audio[start:stop]
         import soundfile
 
-        data, rate = soundfile.read(self.path, start=start, stop=stop, dtype="float32", always_2d=True)
+        try:
+            data, rate = soundfile.read(self.path, start=start, stop=stop, dtype="float32", always_2d=True)
+        except RuntimeError as error:  # soundfile.LibsndfileError: missing, truncated or corrupt file
+            reason = getattr(error, "error_string", None) or str(error)
+            raise DataError(f"cannot read samples {start}..{stop} of {self.path} ({reason.strip().rstrip('.')}): "
+                            f"{LIBRI_REFETCH}") from None
         if rate != SAMPLE_RATE:
             raise DataError(f"{self.path}: sample rate {rate} Hz, expected {SAMPLE_RATE}")
+        if len(data) != stop - start:  # a file shorter than its header said
+            raise DataError(f"{self.path} gave {len(data)} samples of {start}..{stop}: it is truncated; {LIBRI_REFETCH}")
         return torch.from_numpy(data[:, 0].copy())
 
 
@@ -112,6 +119,7 @@ FSDD_REFETCH = ("delete it and copy it again from the Free Spoken Digit Dataset 
                 "(github.com/Jakobovski/free-spoken-digit-dataset, recordings/)")
 FSDD_LABELS_REFETCH = "delete it and copy it again from fsdd/ of shared/data (see its README)"
 OWN_RECORDING_FIX = "replace it with a complete WAV recording or remove it from recordings/"
+LIBRI_REFETCH = "the train-clean-100 copy is damaged; extract the full tarball again"
 LIBRI_HOW = ("put the CPC split files (train_split.txt, test_split.txt of the CPC release) into "
              f"{LIBRI_SPLITS}/ there, or point --data-dir or $PYRO_MODELS_DATA at a directory that has them")
 
@@ -268,12 +276,16 @@ SPEECH_DATASETS = {"fsdd": load_fsdd, "librispeech100": load_librispeech100}
 
 
 class WindowBatches:
-    """step -> {"wave": (B, window), "speaker": (B,), "phones": (B, window // 160)} of random crops.
+    """(step, rows) -> {"wave": (R, window), "speaker": (R,), "phones": (R, window // 160)} of random crops.
 
     Crops start on a 10 ms frame boundary, so ``phones[:, t]`` labels encoder output t; frames
-    without a label are -1. Utterances shorter than the window are not used. A pure function of
-    (seed, step), so a resumed run sees the same batches.
+    without a label are -1. Utterances shorter than the window are not used. ``rows`` (default:
+    all ``batch_size``) are rows of the step's global batch: a data-parallel process reads only
+    its own crops' audio. A pure function of (seed, step, rows), so a resumed run sees the same
+    batches and they can be computed ahead in other processes (``inference/prefetch.py``).
     """
+
+    takes_rows = True  # pure in (step, rows): see inference/prefetch.py
 
     def __init__(self, utterances: list[Utterance], window: int, batch_size: int, seed: int,
                  labelled_only: bool = False):
@@ -285,16 +297,21 @@ class WindowBatches:
         self.window, self.batch_size, self.seed = window, batch_size, seed
         self.frames = window // FRAME
 
-    def __call__(self, step: int) -> dict:
+    def __call__(self, step: int, rows: range | None = None) -> dict:
+        rows = range(self.batch_size) if rows is None else rows
+        if not rows or rows[0] < 0 or rows[-1] >= self.batch_size:
+            raise ValueError(f"rows {rows} are not a non-empty part of the batch's {self.batch_size} rows")
+        # The whole batch is drawn, in the order of the draws of earlier versions (utterances, then
+        # one start per row), so any rows equal those rows of the full batch and old runs replay.
         rng = np.random.default_rng([self.seed, step])
         chosen = rng.integers(0, len(self.pool), self.batch_size)
-        waves, speakers, phones = [], [], torch.full((self.batch_size, self.frames), -1, dtype=torch.long)
-        for row, i in enumerate(chosen):
-            utt = self.pool[i]
-            start = FRAME * int(rng.integers(0, (utt.num_samples - self.window) // FRAME + 1))
+        starts = [FRAME * int(rng.integers(0, (self.pool[i].num_samples - self.window) // FRAME + 1)) for i in chosen]
+        waves, speakers, phones = [], [], torch.full((len(rows), self.frames), -1, dtype=torch.long)
+        for out, row in enumerate(rows):
+            utt, start = self.pool[chosen[row]], starts[row]
             waves.append(utt.read(start, start + self.window))
             speakers.append(utt.speaker)
             if utt.phones is not None:
                 labels = utt.phones[start // FRAME: start // FRAME + self.frames]
-                phones[row, : len(labels)] = labels
+                phones[out, : len(labels)] = labels
         return {"wave": torch.stack(waves), "speaker": torch.tensor(speakers), "phones": phones}

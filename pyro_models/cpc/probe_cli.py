@@ -12,6 +12,7 @@ import time
 from pathlib import Path
 
 from inference.checkpoint import load_checkpoint
+from lvm_app.device import DEVICE_HELP, UsageError, resolve_device
 from lvm_app.program import program_name
 from lvm_app.run_dir import load_run
 from lvm_app.run_lock import RunInUse, RunLock
@@ -39,6 +40,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--keep", action="store_true",
                         help="keep, from the existing summary.json, the figures of baselines not computed this time")
     parser.add_argument("--threads", type=int, help="torch intra-op threads (0: torch's default)")
+    parser.add_argument("--device", default="auto", help=DEVICE_HELP)
     parser.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bars")
     parser.add_argument("--traceback", action="store_true", help="show the full traceback of a failure")
     return parser
@@ -49,15 +51,16 @@ class NotACPCRun(ValueError):
 
 
 def run(args) -> dict:
+    device = resolve_device(args.device)  # before the run is touched: a refusal changes nothing
     if not (Path(args.run) / "config.json").exists():
         raise NotACPCRun(f"{args.run} is not a run directory: no config.json (train one with run/svi.py --model cpc "
                          f"--out {args.run})")
     with RunLock(args.run):
-        return _run_locked(args)
+        return _run_locked(args, device)
 
 
-def _run_locked(args) -> dict:
-    loaded = load_run(args.run, args.data_dir)
+def _run_locked(args, device) -> dict:
+    loaded = load_run(args.run, args.data_dir, device)
     if loaded.config["run"]["model"] != "cpc":
         raise NotACPCRun(f"{args.run} is a {loaded.config['run']['model']} run; run/probe.py evaluates cpc runs")
     changes = {name: getattr(args, name) for name in OVERRIDABLE if getattr(args, name) is not None}
@@ -106,7 +109,7 @@ def main(argv=None) -> int:
             parser.error(str(error))
     try:
         run(args)
-    except (NotACPCRun, RunInUse) as error:
+    except (NotACPCRun, RunInUse, UsageError) as error:
         print(f"{PROG}: error: {error}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

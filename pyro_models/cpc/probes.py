@@ -17,6 +17,7 @@ from torch import nn
 from torch.nn import functional as F
 from tqdm.auto import tqdm
 
+from pyro_models.core import device_of
 from pyro_models.cpc.data import FRAME, SAMPLE_RATE, WindowBatches
 from pyro_models.cpc.model import CPC
 
@@ -30,9 +31,11 @@ def whole_frames(utt) -> torch.Tensor:
 
 @torch.no_grad()
 def context_features(model: CPC, utterances, progress: bool = False, desc: str = "features") -> list[torch.Tensor]:
-    """(T_i, H) c_t per utterance; T_i = samples // 160."""
+    """(T_i, H) c_t per utterance; T_i = samples // 160. Computed on the model's device, kept on the
+    CPU (all of a corpus's frames need not fit in a GPU's memory)."""
     model.eval()
-    return [model.context(model.encode(whole_frames(u).unsqueeze(0)))[0]
+    device = device_of(model)
+    return [model.context(model.encode(whole_frames(u).unsqueeze(0).to(device)))[0].cpu()
             for u in tqdm(utterances, disable=not progress, desc=desc, leave=False)]
 
 
@@ -75,11 +78,13 @@ def phone_dataset(features, utterances):
 
 
 def linear_probe(train_x, train_y, test_x, test_y, num_classes: int, weight_decay: float = 1e-4,
-                 iterations: int = 200) -> dict:
-    """Multinomial logistic regression on standardised features (full-batch L-BFGS, L2 penalty)."""
+                 iterations: int = 200, device=None) -> dict:
+    """Multinomial logistic regression on standardised features (full-batch L-BFGS, L2 penalty),
+    on ``device`` (default: the features')."""
+    train_x, train_y, test_x, test_y = (t.to(device or train_x.device) for t in (train_x, train_y, test_x, test_y))
     mean, std = train_x.mean(0), train_x.std(0).clamp_min(1e-6)
     a, b = (train_x - mean) / std, (test_x - mean) / std
-    probe = nn.Linear(a.shape[1], num_classes)
+    probe = nn.Linear(a.shape[1], num_classes).to(a.device)  # zeros below: the same start on any device
     nn.init.zeros_(probe.weight)  # a convex problem: start at 0, so the result does not depend on the RNG
     nn.init.zeros_(probe.bias)
     optimizer = torch.optim.LBFGS(probe.parameters(), lr=1, max_iter=iterations, history_size=20,
@@ -98,13 +103,14 @@ def linear_probe(train_x, train_y, test_x, test_y, num_classes: int, weight_deca
 
 
 def probe_both(train_features, test_features, train_utts, test_utts, num_speakers, num_phones, pool,
-               weight_decay, iterations) -> dict:
+               weight_decay, iterations, device=None) -> dict:
     speaker = linear_probe(*speaker_dataset(train_features, train_utts, pool),
-                           *speaker_dataset(test_features, test_utts, pool), num_speakers, weight_decay, iterations)
+                           *speaker_dataset(test_features, test_utts, pool), num_speakers, weight_decay, iterations,
+                           device)
     result = {"speaker_acc": speaker["test_acc"], "speaker_train_acc": speaker["train_acc"]}
     if num_phones:
         phone = linear_probe(*phone_dataset(train_features, train_utts), *phone_dataset(test_features, test_utts),
-                             num_phones, weight_decay, iterations)
+                             num_phones, weight_decay, iterations, device)
         result.update({"phone_acc": phone["test_acc"], "phone_train_acc": phone["train_acc"]})
     return result
 
@@ -125,17 +131,18 @@ class Supervised(nn.Module):
 
 
 def train_supervised(config, corpus, task: str, window: int, batch_size: int, lr: float, steps: int, seed: int,
-                     pool: str, progress: bool = False) -> dict:
-    """End-to-end training on the train split's labels; accuracy on the test split (whole utterances)."""
+                     pool: str, progress: bool = False, device=None) -> dict:
+    """End-to-end training on the train split's labels, on ``device`` (default: the CPU); accuracy on
+    the test split (whole utterances)."""
     torch.manual_seed(seed)
     num_classes = corpus.num_phones if task == "phone" else len(corpus.speakers)
-    net = Supervised(config, task, num_classes, pool)
+    net = Supervised(config, task, num_classes, pool).to(device)  # initialised on the CPU: the same on any device
     batches = WindowBatches(corpus.train, window, batch_size, seed + 1, labelled_only=task == "phone")
     optimizer = torch.optim.Adam(net.parameters(), lr=lr)
     started, losses = time.perf_counter(), []
     net.train()
     for step in tqdm(range(steps), disable=not progress, desc=f"supervised {task}", leave=False):
-        batch = batches(step)
+        batch = {key: value.to(device) if torch.is_tensor(value) else value for key, value in batches(step).items()}
         logits = net.logits(batch["wave"])
         if task == "phone":
             loss = F.cross_entropy(logits.reshape(-1, num_classes), batch["phones"].reshape(-1), ignore_index=-1)
@@ -154,7 +161,7 @@ def train_supervised(config, corpus, task: str, window: int, batch_size: int, lr
         for u in corpus.test:
             if task == "phone" and u.phones is None:
                 continue
-            logits = net.logits(whole_frames(u).unsqueeze(0))[0]
+            logits = net.logits(whole_frames(u).unsqueeze(0).to(device))[0].cpu()
             if task == "phone":
                 n = min(len(logits), len(u.phones))
                 correct += (logits[:n].argmax(-1) == u.phones[:n]).sum().item()

@@ -22,6 +22,7 @@ from inference.enumeration import (
     optimise_mean_field,
 )
 from inference.gap_estimates import Estimate, GapEstimates, GapOptions
+from pyro_models.core import device_of
 
 MAX_BITS = 16  # 2^16 decoder passes per word (~5-8 s at one thread for the 256-unit LSTM)
 CODE_CHUNK = 512  # codes per decoder pass: measured faster than 4096 (1.7x at one thread), the activations stay in cache
@@ -69,7 +70,7 @@ def lfm_gap_estimates(built, points: dict, options: GapOptions) -> GapEstimates:
     check_guide(guide)
     tokens, lengths = points["tokens"], points["lengths"]
     n = tokens.shape[0]
-    codes = all_codes(bits)
+    codes = all_codes(bits).to(device_of(model))  # where the decoder runs (tokens: moved by run/gap.py)
     out = {key: torch.empty(n, dtype=torch.float64) for key in
            ("log_px", "elbo", "elbo_local", "entropy_q", "entropy_local", "best_code_mass", "entropy_posterior")}
     steps, enum_s, opt_s = [], 0.0, 0.0

@@ -4,6 +4,7 @@ import torch
 
 from lvm_app.continuous import DensityExperiment
 from lvm_app.protocol import TrainDefaults
+from pyro_models.core import device_of
 
 from .data import load_simulated
 from .model import LinearGaussian, LinearGaussianConfig
@@ -16,6 +17,7 @@ class LinearGaussianExperiment(DensityExperiment):
     model_cls = LinearGaussian
     datasets = ("simulated",)
     default_dataset = "simulated"
+    supports_bf16 = True  # 300 steps: loss within 0.001 nats of fp32's (but 0.8x: its networks are too small to gain)
 
     def load_data(self, dataset, data_dir):
         return load_simulated(data_dir)
@@ -25,8 +27,8 @@ class LinearGaussianExperiment(DensityExperiment):
 
     def exact_metrics(self, model, x, label):
         with torch.no_grad():
-            return {f"{label}_log_px_exact": model.log_marginal(x).double().mean().item()}
+            return {f"{label}_log_px_exact": model.log_marginal(x.to(device_of(model))).double().mean().item()}
 
     def exact_log_px(self, built, points):
         with torch.no_grad():
-            return built.model.log_marginal(points["x"])
+            return built.model.log_marginal(points["x"].to(device_of(built.model)))

@@ -73,7 +73,8 @@ class LinearGaussian(nn.Module):
 
     def marginal(self) -> dist.MultivariateNormal:
         """p(x) = N(b, W W^T + s^2 I)."""
-        cov = self.weight @ self.weight.T + self.log_noise.exp() ** 2 * torch.eye(self.config.data_dim)
+        eye = torch.eye(self.config.data_dim, device=self.weight.device)
+        cov = self.weight @ self.weight.T + self.log_noise.exp() ** 2 * eye
         return dist.MultivariateNormal(self.bias, covariance_matrix=cov)
 
     def log_marginal(self, x: torch.Tensor) -> torch.Tensor:
@@ -81,7 +82,8 @@ class LinearGaussian(nn.Module):
 
     def posterior_precision(self) -> torch.Tensor:
         """The precision of p(z | x), the same for every x: I + W^T W / s^2."""
-        return torch.eye(self.config.latent_dim) + self.weight.T @ self.weight / self.log_noise.exp() ** 2
+        eye = torch.eye(self.config.latent_dim, device=self.weight.device)
+        return eye + self.weight.T @ self.weight / self.log_noise.exp() ** 2
 
     def posterior(self, x: torch.Tensor) -> dist.MultivariateNormal:
         """p(z | x) = N(S W^T (x - b) / s^2, S) with S = (I + W^T W / s^2)^-1."""

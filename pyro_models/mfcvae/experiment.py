@@ -12,7 +12,7 @@ from inference.schedules import progressive_facets
 from lvm_app import plots
 from lvm_app.continuous import TRAIN_EVAL_BINARISATION_SEED, DensityExperiment
 from lvm_app.protocol import EvaluationPlan, TrainDefaults, set_threads
-from pyro_models.core import AT_LEAST_ONE, setting
+from pyro_models.core import AT_LEAST_ONE, device_of, setting
 from pyro_models.datasets import IMAGE_DATASETS
 from pyro_models.datasets.vector_data import as_float, binarise_fixed, evenly_spaced
 from pyro_models.mfcvae import plots as mfcvae_plots
@@ -93,6 +93,7 @@ class MFCVAEExperiment(DensityExperiment):
     settings_cls = MFCVAESettings
     datasets = DATASETS
     default_dataset = "digits"
+    supports_bf16 = True  # 300 steps on digits: loss within 0.004 nats of fp32's; 1.5x (digits), 1.7x (mnist) faster
     # guides, default_guide, supports_local_guide: the density experiments' (all real-site families)
     quick_evaluation = {"iwae_k": 10}  # the clustering scores keep every test point
 
@@ -126,7 +127,8 @@ class MFCVAEExperiment(DensityExperiment):
     def posterior_means(self, built, x, idx=None, samples: int = 32) -> list[torch.Tensor]:
         """E_q[z_j | x] per facet: the Gaussian's mean, or an average of samples for flows."""
         guide = built.guide
-        params = guide.params(idx=idx, x=x)
+        device = device_of(guide)  # the points may be on the CPU, the modules on a GPU
+        params = guide.params(idx=None if idx is None else idx.to(device), x=x.to(device))
         means = []
         for family, chunk in zip(guide.families, params.split(guide.splits, dim=-1)):
             if isinstance(family, MeanFieldNormal):
@@ -183,7 +185,7 @@ class MFCVAEExperiment(DensityExperiment):
     def assignments(self, built, x, idx=None) -> list:
         """argmax_c p(c_j | z_j) at the posterior mean, per facet (numpy arrays)."""
         means = self.posterior_means(built, x, idx)
-        return [built.model.cluster_log_posterior(j, z).argmax(-1).numpy() for j, z in enumerate(means)]
+        return [built.model.cluster_log_posterior(j, z).argmax(-1).cpu().numpy() for j, z in enumerate(means)]
 
     # --- evaluation --------------------------------------------------------------------------
     def evaluation_split(self, built, data, settings):
@@ -193,7 +195,7 @@ class MFCVAEExperiment(DensityExperiment):
             labels = None if data.test_labels is None else data.test_labels[rows]
             return "test", as_float(data.test[rows]), labels, None
         x = data.train
-        n = settings.eval_points or x.shape[0]
+        n = min(settings.eval_points or x.shape[0], x.shape[0])  # the plots ask for 2000, more than digits has
         x = as_float(x[:n])
         if data.dynamic_binarisation:
             x = binarise_fixed(x, TRAIN_EVAL_BINARISATION_SEED)

@@ -16,8 +16,8 @@ PER_CLUSTER = 10
 def all_plots(experiment, built, x, labels, idx, image_shape, out_dir: Path) -> list[Path]:
     model = built.model
     with torch.no_grad():
-        means = experiment.posterior_means(built, x, idx)
-        log_post = [model.cluster_log_posterior(j, z) for j, z in enumerate(means)]
+        means = experiment.posterior_means(built, x, idx)  # on the model's device, like the decoder
+        log_post = [model.cluster_log_posterior(j, z).cpu() for j, z in enumerate(means)]  # indexes x, on the CPU
     files = []
     for j in range(model.num_facets):
         order = cluster_order(model, j)
@@ -82,7 +82,7 @@ def compositionality(model, x, means, image_shape, out_dir, pairs: int = 10) -> 
 def mixture_weights(model, out_dir) -> Path:
     fig, axes = plt.subplots(1, model.num_facets, figsize=(4 * model.num_facets, 2.8), squeeze=False)
     for j, ax in enumerate(axes[0]):
-        weights = model.mixture_weights(j).detach().numpy()
+        weights = model.mixture_weights(j).detach().cpu().numpy()
         ax.bar(np.arange(len(weights)), weights)
         ax.set_title(f"facet {j}: pi_{j}")
         ax.set_xlabel("cluster")
