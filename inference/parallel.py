@@ -19,6 +19,7 @@ State that an objective updates outside the optimiser (TraceGraph_ELBO's decayin
 baseline in Pyro's param store) is handled the same way: every shard starts from the step's
 value, and the step ends with the mean of the shards' updates.
 """
+import inspect
 import os
 from contextlib import nullcontext
 from dataclasses import dataclass
@@ -29,6 +30,7 @@ import torch.distributed as dist
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
+SIGNATURE_OF_DDP = inspect.signature(DistributedDataParallel)
 BATCH_STREAM = -1  # stream index of the batch itself (e.g. dynamic binarisation)
 LOG_STREAM = -2  # stream index of the metrics computed at a log step
 EVALUATION_STEP = 2**31 - 1  # the "step" of evaluation's streams (one per chunk of points)
@@ -232,9 +234,13 @@ def data_parallel(objective, modules: dict, parallel: Parallel):
         return None
     device_ids = [parallel.device.index or 0] if parallel.device.type == "cuda" else None
     # find_unused_parameters: MFCVAE's facets not yet faded in (and parameters no shard used)
-    # get no gradient; broadcast_buffers off: every process holds the same buffers already.
+    # get no gradient (DDP warns once where every parameter is used: the cost is one graph walk
+    # per step). No buffer sync before each forward: every process holds the same buffers already
+    # (newer torch names this forward_sync_buffers and deprecates broadcast_buffers).
+    no_buffer_sync = ({"forward_sync_buffers": False} if "forward_sync_buffers" in SIGNATURE_OF_DDP.parameters
+                      else {"broadcast_buffers": False})
     return DistributedDataParallel(_ObjectiveModule(modules, objective), device_ids=device_ids,
-                                   find_unused_parameters=True, broadcast_buffers=False)
+                                   find_unused_parameters=True, **no_buffer_sync)
 
 
 def ddp_shard_losses(ddp, shards_batches, kwargs: dict, parallel: Parallel, before_shard) -> float:

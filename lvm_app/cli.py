@@ -21,7 +21,7 @@ from inference.precision import PRECISIONS, with_precision
 from lvm_app.config_flags import add_dataclass_flags, dataclass_from_args, given_fields
 from lvm_app.device import DEVICE_HELP, UsageError, resolve_device
 from lvm_app.evaluation_protocol import PROTOCOLS, announcement, choose_protocol, settings_for
-from lvm_app.program import program_name
+from lvm_app.program import CommandParser, program_name
 from lvm_app.registry import EXPERIMENTS
 from lvm_app.run_lock import RunInUse, RunLock
 from pyro_models.core import check_settings, evaluation_settings
@@ -33,14 +33,17 @@ PROG = program_name("run/svi.py")  # the prefix of every message
 # evaluation (``setting(..., evaluation=True)`` fields too), and, after a divergence, a lower
 # learning rate or a gradient clip (Adam's moments stay valid under either). Anything else would
 # make the resumed run a different experiment. (The number of data-loading workers changes
-# where batches are read, never what they hold.)
-RESUMABLE_CHANGES = {"steps", "progress", "data_dir", "epochs", "eval", "lr", "clip_norm", "data_workers"}
-# Train settings added since runs were first written, at the value those runs trained with.
-ADDED_TRAIN_SETTINGS = {"precision": "fp32"}
+# where batches are read, never what they hold; the device and the number of processes change
+# where the run computes, not what: the shards fix its random streams.)
+RESUMABLE_CHANGES = {"steps", "progress", "data_dir", "epochs", "eval", "lr", "clip_norm", "data_workers", "device",
+                     "processes"}
+# Train settings added since runs were first written, at the value those runs trained with
+# (shards None: the unsharded loop, whose random stream runs on from step to step).
+ADDED_TRAIN_SETTINGS = {"precision": "fp32", "shards": None}
 
 
 def build_parser(experiment=None) -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = CommandParser(
         prog=PROG,
         description="Train a Pyro latent-variable model with a guide, then evaluate it. "
         "Writes summary.json, metrics.csv, config.json, checkpoint.pt and PNG plots to --out.",
@@ -57,8 +60,9 @@ def build_parser(experiment=None) -> argparse.ArgumentParser:
         guides, datasets = experiment.guides, experiment.datasets
         defaults = f"{experiment.default_guide} / {experiment.default_dataset}"
     note = f" {experiment.name}: {experiment.guide_note}." if experiment is not None else ""
-    parser.add_argument("--guide", help=f"guide family ({', '.join(guides) or 'none'}; default: "
-                                        f"{defaults.split(' / ')[0]}).{note}")
+    guide_help = (f"guide family ({', '.join(guides) or 'none'}; default: {defaults.split(' / ')[0]}).{note}"
+                  if experiment is None or experiment.guides else f"none:{note}")
+    parser.add_argument("--guide", help=guide_help)
     parser.add_argument("--local", action="store_true",
                         help="free per-datapoint guide parameters instead of an encoder (non-amortised)")
     parser.add_argument("--dataset", help=f"data set ({', '.join(datasets)}; default: {defaults.split(' / ')[-1]})")
@@ -101,7 +105,7 @@ def build_parser(experiment=None) -> argparse.ArgumentParser:
 
 def parse(argv):
     """Two passes: the model named decides which settings flags exist."""
-    pre = argparse.ArgumentParser(add_help=False)
+    pre = CommandParser(prog=PROG, add_help=False)
     pre.add_argument("--model")
     known, _ = pre.parse_known_args(argv)
     experiment = EXPERIMENTS.get(known.model)
@@ -160,7 +164,7 @@ def resolve(experiment, args, data) -> dict:
         "clip_norm": args.clip_norm,
         "log_every": args.log_every or defaults.log_every,  # as asked: a later --resume may change --steps
         "checkpoint_every": args.checkpoint_every or defaults.checkpoint_every,
-        "precision": args.precision or (saved_precision(args.out) if args.resume else "fp32"),
+        "precision": args.precision or (saved_train_setting(args.out, "precision") if args.resume else "fp32"),
     }
 
 
@@ -202,13 +206,14 @@ def saved_steps(out: Path) -> int:
         raise RuntimeError(f"--resume: {out / 'config.json'} is missing or not a run configuration ({error})") from None
 
 
-def saved_precision(out: Path) -> str:
-    """The precision the run in ``out`` trains with (fp32 for a run written before --precision existed,
-    or when its config.json cannot be read: ``check_resumable`` then says what is wrong)."""
+def saved_train_setting(out: Path, key: str):
+    """A train setting of the run in ``out`` (``--resume`` keeps it unless given): its value, or the
+    one of ADDED_TRAIN_SETTINGS for a run written before it existed or whose config.json cannot be
+    read (``check_resumable`` then says what is wrong)."""
     try:
-        return json.loads((out / "config.json").read_text())["train"].get("precision", "fp32")
+        return json.loads((out / "config.json").read_text())["train"].get(key, ADDED_TRAIN_SETTINGS[key])
     except (OSError, ValueError, KeyError, TypeError, AttributeError):
-        return "fp32"
+        return ADDED_TRAIN_SETTINGS[key]
 
 
 def config_after_resume(saved: dict, config: dict, checkpoint_step: int) -> dict:
@@ -238,10 +243,13 @@ def check_destination(out: Path, resume: bool, overwrite: bool) -> None:
 
 def run(experiment, args) -> dict:
     out, device = args.out, resolve_device(args.device)
+    # a resumed run keeps its shards (its random streams): given again, or taken from config.json
+    shards = args.shards or (saved_train_setting(out, "shards") if args.resume else None)
     try:
-        parallel = from_environment(args.shards, args.seed, device)
+        parallel = from_environment(shards, args.seed, device)
     except ValueError as error:
         raise UsageError(str(error)) from None
+    check_batch_divides(experiment, args, parallel)
     if parallel is None or parallel.is_main:
         failure = None
         try:
@@ -259,14 +267,23 @@ def run(experiment, args) -> dict:
     return _run_locked(experiment, args, out, parallel, device)
 
 
+def check_batch_divides(experiment, args, parallel) -> None:
+    """Each shard takes an equal part of the batch: checked before data are read or a file is touched."""
+    if parallel is None:
+        return
+    batch_size = args.batch_size or experiment.train_defaults(args.dataset).batch_size  # as resolve() takes it
+    if batch_size % parallel.shards:
+        given = "" if args.shards else " (--shards defaults to the number of processes)"
+        raise UsageError(f"--batch-size {batch_size} cannot be cut into {parallel.shards} equal shards{given}: choose "
+                         "a batch size that --shards divides")
+
+
 def _run_locked(experiment, args, out: Path, parallel, device) -> dict:
     main_process = parallel is None or parallel.is_main
     data_dir = DataDir(args.data_dir)
     data = experiment.load_data(args.dataset, data_dir)
     train_config = resolve(experiment, args, data)
-    if parallel is not None and train_config["batch_size"] % parallel.shards:
-        raise UsageError(f"--batch-size {train_config['batch_size']} cannot be cut into {parallel.shards} equal "
-                         "shards: choose a batch size that --shards divides")
+    train_config["shards"] = parallel.shards if parallel is not None else None
     model_config = args.model_config
     protocol, why = choose_protocol(args.eval, experiment, train_config["steps"],
                                     experiment.train_defaults(args.dataset).steps)
@@ -278,7 +295,8 @@ def _run_locked(experiment, args, out: Path, parallel, device) -> dict:
     except ValueError as error:
         raise UsageError(str(error)) from None
     run_info = {"model": args.model, "dataset": args.dataset, "guide": args.guide, "local": args.local,
-                "seed": args.seed, "data_dir": str(data_dir.path), "eval": protocol}
+                "seed": args.seed, "data_dir": str(data_dir.path), "eval": protocol, "device": str(device),
+                "processes": parallel.world_size if parallel is not None else 1}
     pyro.set_rng_seed(args.seed)
     pyro.clear_param_store()
     built = experiment.build(model_config, settings, data, args.guide, args.local)

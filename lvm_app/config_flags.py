@@ -30,7 +30,9 @@ def add_dataclass_flags(parser: argparse.ArgumentParser, cls, title: str) -> Non
         annotation = hints[f.name]
         default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
         shown = ",".join(map(str, default)) if isinstance(default, tuple) else default
-        help_text = f"{f.metadata.get('help') or ''} (default: {shown})".strip()
+        text = f.metadata.get("help") or ""
+        # an empty default is explained by the help itself ("(default: the paper's ...)")
+        help_text = text if shown == "" and "default" in text else f"{text} (default: {shown})".strip()
         if annotation is bool:
             group.add_argument(flag, dest=f.name, action=argparse.BooleanOptionalAction, default=None, help=help_text)
         else:

@@ -35,14 +35,14 @@ from inference.gap_estimates import GapOptions
 from inference.gap_report import assemble
 from lvm_app.device import DEVICE_CHOICES, UsageError, resolve_device
 from lvm_app.gap_continuous import NotApplicable, continuous_run_estimates
-from lvm_app.program import program_name
+from lvm_app.program import CommandParser, program_name
 from lvm_app.run_dir import load_run
 
 PROG = program_name("run/gap.py")  # the prefix of every message
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog=PROG, description=__doc__.split("\n\n")[0])
+    p = CommandParser(prog=PROG, description=__doc__.split("\n\n")[0])
     p.add_argument("--checkpoint", required=True, help="run directory written by run/svi.py (config.json, checkpoint.pt)")
     p.add_argument("--guide", choices=sorted(GUIDE_FAMILIES),
                    help="family of the local q* (default: the run's guide; another family is allowed only if it "

@@ -24,7 +24,7 @@ from pathlib import Path
 from lvm_app.atlas_entries import ENTRIES, AtlasEntry
 from lvm_app.atlas_report import write_report
 from lvm_app.device import DEVICE_CHOICES, UsageError, resolve_device
-from lvm_app.program import program_name
+from lvm_app.program import CommandParser, program_name
 
 PROG = program_name("run/gap_atlas.py")  # the prefix of every message
 
@@ -33,7 +33,7 @@ SPLITS = ("train", "test")
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog=PROG, description=__doc__.split("\n\n")[0],
+    p = CommandParser(prog=PROG, description=__doc__.split("\n\n")[0],
                                 epilog="Entries: " + ", ".join(e.name for e in ENTRIES))
     p.add_argument("--out", default="runs/atlas", help="directory of the runs and the report (default: runs/atlas)")
     p.add_argument("--data-dir", help="data directory (default: $PYRO_MODELS_DATA, else ~/.cache/pyro_models)")

@@ -191,3 +191,24 @@ def test_installed_commands_name_themselves_in_their_messages(script, args):
         pytest.skip(f"{script} is not installed (pip install -e .)")
     result = subprocess.run([script, *args], capture_output=True, text=True, timeout=120)
     assert result.returncode == 2 and result.stderr.strip().splitlines()[-1].startswith(f"{script}: error:")
+
+
+@pytest.mark.parametrize("command, argv", [
+    ("svi", ["--model", "vae", "--shards", "0"]),
+    ("svi", ["--model", "lfm", "--precision", "bf16"]),
+    ("svi", ["--model", "vae", "--data-workers", "1"]),  # a CPC setting
+    ("gap", ["--checkpoint", "runs/x", "--no-such-flag"]),
+    ("probe", ["--run", "runs/x", "--no-such-flag"]),
+    ("atlas", ["--no-such-flag"]),
+])
+def test_parse_errors_are_one_line_with_exit_2(command, argv, capsys):
+    """Not argparse's usage block before the reason: one line, as every other refusal."""
+    from lvm_app import gap, gap_atlas
+    from pyro_models.cpc import probe_cli
+
+    main = {"svi": parse, "gap": gap.main, "probe": probe_cli.main, "atlas": gap_atlas.main}[command]
+    with pytest.raises(SystemExit) as exit_:
+        main(argv)
+    assert exit_.value.code == 2
+    err = capsys.readouterr().err
+    assert len(err.strip().splitlines()) == 1 and "error:" in err and "usage:" not in err, err

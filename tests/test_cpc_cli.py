@@ -37,6 +37,8 @@ def test_summary_keys_and_plots(tmp_path):
     assert result.returncode == 0, result.stderr
     again = json.loads((tmp_path / "run" / "summary.json").read_text())
     assert again["evaluated_by"] == "run/probe.py" and again["train_steps"] == 3
+    assert set(summary) - set(again) == set()  # every key run/svi.py wrote is written again
+    assert again["train_loss_last"] == summary["train_loss_last"] and again["eval"] == summary["eval"]
     assert again["baseline_mfcc_phone_acc"] == summary["baseline_mfcc_phone_acc"]
     assert again["baseline_supervised_phone_acc"] == summary["baseline_supervised_phone_acc"]  # kept (--keep)
     assert again["baseline_random_speaker_acc"] == summary["baseline_random_speaker_acc"]

@@ -120,9 +120,26 @@ def test_a_two_process_run_resumes_exactly(tmp_path):
     assert_same_run(tmp_path / "straight", tmp_path / "resumed")
 
 
+def test_a_resume_keeps_the_shards_of_the_run_and_refuses_others(tmp_path, capsys):
+    """The shards fix a run's random streams: --resume takes them from config.json when not given
+    (the run goes on as it would have), and refuses another number (another run)."""
+    half = [a if a != "8" else "4" for a in CASES["vae"]]
+    assert one_process(*CASES["vae"], "--shards", "2", "--out", tmp_path / "straight") == 0
+    assert one_process(*half, "--shards", "2", "--out", tmp_path / "resumed") == 0
+    assert one_process(*CASES["vae"], "--out", tmp_path / "resumed", "--resume") == 0  # no --shards
+    assert_same_run(tmp_path / "straight", tmp_path / "resumed")
+    config = json.loads((tmp_path / "resumed" / "config.json").read_text())
+    assert config["train"]["shards"] == 2 and config["run"]["device"] == "cpu" and config["run"]["processes"] == 1
+    assert one_process(*half, "--out", tmp_path / "unsharded") == 0
+    capsys.readouterr()
+    assert one_process(*CASES["vae"], "--shards", "2", "--out", tmp_path / "unsharded", "--resume") == 1
+    assert "shards: None -> 2" in capsys.readouterr().err
+
+
 def test_shards_must_divide_the_batch_and_suit_the_processes(tmp_path, capsys):
     assert one_process(*CASES["vae"], "--shards", "3", "--out", tmp_path / "a") == 2  # batch 100
     assert "cannot be cut into 3 equal shards" in capsys.readouterr().err
+    assert not (tmp_path / "a").exists()  # refused before data are read or the run directory is made
     result = torchrun(*CASES["vae"], "--shards", "3", "--batch-size", "90", "--out", tmp_path / "b")
     assert result.returncode != 0 and "multiple of the number of processes (2)" in result.stderr
     assert not (tmp_path / "b" / "config.json").exists()

@@ -12,8 +12,9 @@ import time
 from pathlib import Path
 
 from inference.checkpoint import load_checkpoint
+from inference.metrics_log import read_metrics
 from lvm_app.device import DEVICE_HELP, UsageError, resolve_device
-from lvm_app.program import program_name
+from lvm_app.program import CommandParser, program_name
 from lvm_app.run_dir import load_run
 from lvm_app.run_lock import RunInUse, RunLock
 from pyro_models.cpc.experiment import BASELINES, parse_baselines
@@ -26,7 +27,7 @@ OVERRIDABLE = ("baselines", "supervised_steps", "probe_utterances", "probe_itera
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog=PROG, description=__doc__.split("\n\n")[0].replace("``", ""))
+    parser = CommandParser(prog=PROG, description=__doc__.split("\n\n")[0].replace("``", ""))
     parser.add_argument("--run", required=True, help="run directory of run/svi.py --model cpc (config.json, checkpoint.pt)")
     parser.add_argument("--data-dir", help="data directory (default: the one the run was trained with)")
     parser.add_argument("--baselines", help=f"comma-separated subset of {','.join(BASELINES)} (empty: none; "
@@ -79,6 +80,10 @@ def _run_locked(args, device) -> dict:
         if name in BASELINES and name not in computed and key.startswith(("baseline_", name + "_")):
             summary[key] = value
     extra = load_checkpoint(loaded.path / "checkpoint.pt")["extra"]
+    metrics = loaded.path / "metrics.csv"
+    rows = read_metrics(metrics) if metrics.exists() else []
+    # the keys run/svi.py writes too: the protocol the run chose (probe_settings_changed says what differs)
+    summary.update({"eval": loaded.config["run"].get("eval"), "train_loss_last": rows[-1].get("loss") if rows else None})
     summary.update({"train_steps": loaded.step, "train_wall_s": round(extra.get("elapsed_s", 0.0), 1),
                     "eval_wall_s": round(time.perf_counter() - started, 1), "evaluated_by": "run/probe.py",
                     "probe_settings_changed": changes})
