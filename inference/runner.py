@@ -157,14 +157,20 @@ def _sharded_loss(objective, batch_for_step, step: int, kwargs: dict, parallel: 
             before_shard(shard)
             total += objective(shard_batch, **kwargs)
             after_shard()
-        sum_gradients(params, parallel)
-        for p in params:
-            if p.grad is not None:
-                p.grad.div_(parallel.shards)
+        _sum_and_divide_gradients(params, parallel, parallel.shards)
     for module, acc in zip(shared_state, sums):
         module.set_extra_state({name: parallel.sum_(value) / parallel.shards for name, value in sorted(acc.items())})
     loss = parallel.sum_(torch.tensor([total], dtype=torch.float64, device=parallel.device))
     return loss.item() / parallel.shards
+
+
+def _sum_and_divide_gradients(params: list, parallel: Parallel, count: int) -> None:
+    """Gradients summed over the processes (where no DDP did it) and divided by the number of
+    losses that were back-propagated: the gradient of their mean."""
+    sum_gradients(params, parallel)
+    for p in params:
+        if p.grad is not None:
+            p.grad.div_(count)
 
 
 def _global_batch_loss(objective, batch: dict, rows: range, size: int, step: int, kwargs: dict, parallel: Parallel,
@@ -180,10 +186,7 @@ def _global_batch_loss(objective, batch: dict, rows: range, size: int, step: int
     else:
         loss = objective.loss_tensor(batch, **kwargs)
         loss.backward()
-        sum_gradients(params, parallel)
-        for p in params:
-            if p.grad is not None:
-                p.grad.div_(parallel.world_size)
+        _sum_and_divide_gradients(params, parallel, parallel.world_size)
     total = parallel.sum_(torch.tensor([loss.item()], dtype=torch.float64, device=parallel.device))
     return total.item() / parallel.world_size
 

@@ -1,15 +1,13 @@
 """Bad or corrupt data files fail with one DataError line that names the file and says what to do:
 FSDD recordings and labels, the SIGMORPHON 2016 files, Fashion-MNIST. The real files are copied to
 tmp_path before they are truncated or altered; the shared data are never written."""
-import gzip
 import shutil
-import struct
 import subprocess
 
 import numpy as np
 import pytest
 import soundfile
-from helpers import run_cli
+from helpers import run_cli, write_fake_fashion_mnist
 from speech_fixtures import write_tiny_fsdd
 
 from pyro_models.cpc.data import FSDD_LABELS, FSDD_PHONES, load_fsdd
@@ -233,22 +231,9 @@ def test_missing_sigmorphon_says_where_the_files_come_from(tmp_path):
 # ---------------------------------------------------------------- Fashion-MNIST
 
 
-def write_idx(path, array: np.ndarray):
-    with gzip.open(path, "wb") as f:
-        f.write(struct.pack(">HBB", 0, 0x08, array.ndim))
-        f.write(struct.pack(">" + "I" * array.ndim, *array.shape))
-        f.write(array.astype(np.uint8).tobytes())
-
-
 @pytest.fixture
 def fake_fashion(tmp_path):
-    rng = np.random.default_rng(0)
-    folder = tmp_path / "fashion_mnist"
-    folder.mkdir()
-    write_idx(folder / "train-images-idx3-ubyte.gz", rng.integers(0, 256, (12, 28, 28)))
-    write_idx(folder / "train-labels-idx1-ubyte.gz", rng.integers(0, 10, 12))
-    write_idx(folder / "t10k-images-idx3-ubyte.gz", rng.integers(0, 256, (4, 28, 28)))
-    write_idx(folder / "t10k-labels-idx1-ubyte.gz", rng.integers(0, 10, 4))
+    write_fake_fashion_mnist(tmp_path)
     return tmp_path
 
 

@@ -1,10 +1,8 @@
 """The Fashion-MNIST loader on a tiny IDX fixture (the real files are not in shared/data)."""
-import gzip
-import struct
 
-import numpy as np
 import pytest
 import torch
+from helpers import write_fake_fashion_mnist
 
 from pyro_models.datasets import IMAGE_DATASETS, DataDir, DataError
 from pyro_models.datasets import fashion_mnist as fm
@@ -12,22 +10,9 @@ from pyro_models.datasets.fashion_mnist import FILES, load_fashion_mnist
 from pyro_models.datasets.files import md5_of
 
 
-def write_idx(path, array: np.ndarray):
-    with gzip.open(path, "wb") as f:
-        f.write(struct.pack(">HBB", 0, 0x08, array.ndim))
-        f.write(struct.pack(">" + "I" * array.ndim, *array.shape))
-        f.write(array.astype(np.uint8).tobytes())
-
-
 @pytest.fixture
 def fixture_dir(tmp_path, monkeypatch):
-    rng = np.random.default_rng(0)
-    folder = tmp_path / "fashion_mnist"
-    folder.mkdir()
-    write_idx(folder / "train-images-idx3-ubyte.gz", rng.integers(0, 256, (12, 28, 28)))
-    write_idx(folder / "train-labels-idx1-ubyte.gz", rng.integers(0, 10, 12))
-    write_idx(folder / "t10k-images-idx3-ubyte.gz", rng.integers(0, 256, (4, 28, 28)))
-    write_idx(folder / "t10k-labels-idx1-ubyte.gz", rng.integers(0, 10, 4))
+    folder = write_fake_fashion_mnist(tmp_path)
     monkeypatch.setattr(fm, "MD5", {name: md5_of(folder / name) for name in FILES})  # the fixture's own sums
     return tmp_path
 
