@@ -45,11 +45,11 @@ class Guide(nn.Module):
 
     def params(self, *args, idx: torch.Tensor | None = None, batch_size: int | None = None, **data) -> torch.Tensor:
         """The flat parameter vectors, (batch, sum of param_dim), before any sampling."""
-        return self.source(args, data, idx, _batch_size(args, data, idx, batch_size, required=False))
+        return self.source(args, data, idx, batch_size_of_call(args, data, idx, batch_size, required=False))
 
     def forward(self, *args, idx=None, latent_scales=None, num_data=None, batch_size=None, **data):
         pyro.module(self.name, self)
-        batch = _batch_size(args, data, idx, batch_size)
+        batch = batch_size_of_call(args, data, idx, batch_size)
         with data_plate(self.plate_name, batch, idx, num_data) as indices:
             rows = idx if idx is not None or num_data is None else indices  # a local guide's rows
             params = self.params(*args, idx=rows, batch_size=batch, **data)
@@ -71,7 +71,7 @@ class Guide(nn.Module):
         return values
 
 
-def _batch_size(args, data: dict, idx, batch_size, required: bool = True) -> int | None:
+def batch_size_of_call(args, data: dict, idx, batch_size, required: bool = True) -> int | None:
     """The first dimension of the first data tensor, else the number of indices, else ``batch_size``."""
     for value in (*args, *data.values()):
         if torch.is_tensor(value) and value.dim() > 0:

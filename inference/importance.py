@@ -48,7 +48,7 @@ def reduce_log_weights(lw: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, to
 
 def monte_carlo_variances(lw: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """(K, N) log-weights -> per-point variances of the ELBO and IWAE-K estimates given the point
-    (see inference.gap_estimates.Estimate)."""
+    (see inference.gap.estimates.Estimate)."""
     k = lw.shape[0]
     if k < 2:
         nan = torch.full(lw.shape[1:], float("nan"), dtype=torch.float64)
@@ -56,6 +56,17 @@ def monte_carlo_variances(lw: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]
     lw = lw.double()
     ratio = (lw - torch.logsumexp(lw, 0) + math.log(k)).exp()
     return lw.var(0) / k, ratio.var(0) / k
+
+
+def mc_se(mc_var: torch.Tensor) -> float:
+    """Monte Carlo standard error of the mean over points, from per-point variances."""
+    return (mc_var.double().sum().sqrt() / mc_var.numel()).item()
+
+
+def point_se(value: torch.Tensor) -> float:
+    """Standard error of the mean over points from their spread (the choice of the subset)."""
+    n = value.numel()
+    return (value.double().std() / math.sqrt(n)).item() if n > 1 else math.nan
 
 
 @torch.no_grad()
@@ -79,7 +90,7 @@ def evaluate_importance(
     moved (default: the device of the guide's parameters, when the guide is a module); the
     per-point results come back on the CPU.
 
-    ``parallel`` (inference.parallel.Parallel): the chunks of points are divided among the
+    ``parallel`` (inference.training.parallel.Parallel): the chunks of points are divided among the
     processes in contiguous index ranges (never padded), each chunk draws from its own random
     stream, and every process gets all the results in order: the same numbers as one process
     with ``parallel`` of one process."""

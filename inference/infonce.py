@@ -20,7 +20,7 @@ set (fresh for every anchor and k); 0 uses every eligible candidate (one matrix 
 
 Data-parallel training: a process holding rows [first_row, first_row + B) of the step's batch
 passes every process's encodings as ``candidates`` (gathered with gradients,
-``inference.parallel.gather_rows``), so its anchors see the same negatives as in one process.
+``inference.training.parallel.gather_rows``), so its anchors see the same negatives as in one process.
 Sampled negatives are drawn for the whole batch and sliced, so the draws do not depend on how
 the rows are divided either.
 """

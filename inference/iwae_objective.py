@@ -58,7 +58,7 @@ from torch.distributions import Independent, Normal
 
 from guides.flows import AuxiliaryFlowNormal, FlowDistribution, _base, _shift_and_log_scale, _std_normal_log_prob
 from guides.mean_field import MeanFieldNormal
-from guides.refine import RefinedGuide
+from inference.refine import RefinedGuide
 
 from .log_weights import DATA_PLATE, check_sites_match, sum_sites
 from .objectives import batch_size_of

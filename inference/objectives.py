@@ -105,7 +105,7 @@ class GlobalBatchLoss(LossObjective):
     """A loss whose terms reach across the batch, as InfoNCE's negatives do:
     ``loss_fn(**batch, rows=None, **schedule)``. In a data-parallel run the runner does not cut
     the batch into shards; each process passes its rows in one piece with ``rows``
-    (``inference.parallel.BatchRows``: where they start, and ``rows.gather(t)`` for every
+    (``inference.training.parallel.BatchRows``: where they start, and ``rows.gather(t)`` for every
     process's ``t`` with gradients), so the loss can see the whole batch as one process does."""
 
     global_batch = True

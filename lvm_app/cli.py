@@ -15,13 +15,13 @@ import pyro
 
 from guides import GUIDE_FAMILIES
 from inference import TrainingDiverged, TrainingInterrupted, TrainSettings, train
-from inference.checkpoint import load_checkpoint
-from inference.parallel import from_environment, shutdown
-from inference.precision import PRECISIONS, with_precision
+from inference.training.checkpoint import load_checkpoint
+from inference.training.parallel import from_environment, shutdown
+from inference.training.precision import PRECISIONS, with_precision
 from lvm_app.config_flags import add_dataclass_flags, dataclass_from_args, given_fields
 from lvm_app.device import DEVICE_HELP, UsageError, resolve_device
-from lvm_app.evaluation_protocol import PROTOCOLS, announcement, choose_protocol, settings_for
-from lvm_app.program import CommandParser, program_name
+from lvm_app.eval_mode import PROTOCOLS, announcement, choose_protocol, settings_for
+from lvm_app.command import CommandParser, program_name
 from lvm_app.registry import EXPERIMENTS
 from lvm_app.run_lock import RunInUse, RunLock
 from pyro_models.core import check_settings, evaluation_settings

@@ -30,12 +30,12 @@ import pyro
 import torch
 
 from guides import GUIDE_FAMILIES
-from inference.gap_checks import NOT_APPLICABLE, check_lines
-from inference.gap_estimates import GapOptions
-from inference.gap_report import assemble
+from inference.gap.checks import NOT_APPLICABLE, check_lines
+from inference.gap.estimates import GapOptions
+from inference.gap.report import assemble
 from lvm_app.device import DEVICE_CHOICES, UsageError, resolve_device
 from lvm_app.gap_continuous import NotApplicable, continuous_run_estimates
-from lvm_app.program import CommandParser, program_name
+from lvm_app.command import CommandParser, program_name
 from lvm_app.run_dir import load_run
 
 PROG = program_name("run/gap.py")  # the prefix of every message
@@ -130,8 +130,8 @@ def report_for_run(args) -> dict:
 
 def refine_for_evaluation(run, args) -> None:
     """--refine/--refine-lr: the run's guide (its plain, amortised one) refined at evaluation."""
-    from guides import RefinedGuide
-    from lvm_app.continuous import REFINE_LR
+    from inference import RefinedGuide
+    from pyro_models.experiment_kit.real_latents import REFINE_LR
 
     built, settings = run.built, run.config.get("settings", {})
     if not hasattr(run.experiment, "plain_guide") or not run.experiment.guides or "real" not in {

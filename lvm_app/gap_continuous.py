@@ -1,19 +1,20 @@
 """run/gap.py for models whose latents are all continuous (vae, mfcvae, linear_gaussian): the
-flags become ``inference.gap_report.GapSettings`` and the run's modules the model, the guide and
-the program that scores it; the estimates are ``inference.gap_report.continuous_estimates``."""
+flags become ``inference.gap.report.GapSettings`` and the run's modules the model, the guide and
+the program that scores it; the estimates are ``inference.gap.report.continuous_estimates``."""
 import math
 import sys
 import time
 
 import torch
 
-from guides import RefinedGuide, build_guide, guide_family
+from guides import build_guide, guide_family
+from inference import RefinedGuide
 from inference.ais import AISSettings
-from inference.gap_estimates import GapEstimates
-from inference.gap_report import GapSettings, continuous_estimates
+from inference.gap.estimates import GapEstimates
+from inference.gap.report import GapSettings, continuous_estimates
 from inference.local_opt import LocalOptSettings
 from lvm_app.gap_plan import plan_line
-from lvm_app.program import program_name
+from lvm_app.command import program_name
 from pyro_models.core import device_of
 from pyro_models.networks import linear_flops
 

@@ -1,6 +1,6 @@
 """What a gap report will compute and roughly how long it takes, printed before it starts
 (an MFCVAE report at the old defaults was about 6 hours of AIS, with no word of warning)."""
-from lvm_app.evaluation_protocol import duration
+from lvm_app.eval_mode import duration
 
 PILOT_CHAINS = 2  # inference.ais: the step-size pilots run in the same batch as the chains
 

@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pyro
 
-from inference.checkpoint import load_checkpoint, restore_modules
-from lvm_app.protocol import Built, Experiment
+from inference.training.checkpoint import load_checkpoint, restore_modules
+from pyro_models.experiment_kit.protocol import Built, Experiment
 from lvm_app.registry import EXPERIMENTS
 from pyro_models.datasets import DataDir
 

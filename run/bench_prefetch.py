@@ -25,7 +25,7 @@ import numpy as np
 import soundfile
 import torch
 
-from inference.prefetch import PrefetchedBatches
+from inference.training.prefetch import PrefetchedBatches
 from pyro_models.cpc.data import LIBRI_AUDIO, LIBRI_SPLITS, SAMPLE_RATE, WindowBatches, load_librispeech100
 from pyro_models.datasets import DataDir
 

@@ -36,7 +36,7 @@ from pyro.infer import TraceGraph_ELBO, TraceMeanField_ELBO  # noqa: E402
 
 from guides import ConcreteBernoulli  # noqa: E402
 from inference import ElboObjective  # noqa: E402
-from inference.checkpoint import load_checkpoint  # noqa: E402
+from inference.training.checkpoint import load_checkpoint  # noqa: E402
 from pyro_models.datasets import DataDir  # noqa: E402
 from pyro_models.lfm.experiment import Baselines, LFMExperiment, LFMSettings  # noqa: E402
 from pyro_models.lfm.model import LFMConfig  # noqa: E402

@@ -22,7 +22,7 @@ import pyro  # noqa: E402
 import torch  # noqa: E402
 from torch.profiler import ProfilerActivity, profile  # noqa: E402
 
-from inference.runner import make_optimizer, parameters_of  # noqa: E402
+from inference.training.loop import make_optimizer, parameters_of  # noqa: E402
 from lvm_app.cli import parse, resolve  # noqa: E402
 from lvm_app.config_flags import dataclass_from_args  # noqa: E402
 from pyro_models.datasets import DataDir  # noqa: E402

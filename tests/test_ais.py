@@ -14,7 +14,8 @@ import torch
 
 from guides import MeanFieldNormal, build_guide
 from inference import evaluate_importance
-from inference.ais import AISSettings, LogJoint, ais, bdmc, beta_schedule, simulate
+from inference.ais import AISSettings, LogJoint, ais, beta_schedule
+from inference.bdmc import bdmc, simulate
 from pyro_models.ppca import ReplicatedPPCA
 from pyro_models import LinearGaussian, LinearGaussianConfig
 

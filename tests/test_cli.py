@@ -204,7 +204,7 @@ def test_installed_commands_name_themselves_in_their_messages(script, args):
 def test_parse_errors_are_one_line_with_exit_2(command, argv, capsys):
     """Not argparse's usage block before the reason: one line, as every other refusal."""
     from lvm_app import gap, gap_atlas
-    from pyro_models.cpc import probe_cli
+    from lvm_app import probe as probe_cli
 
     main = {"svi": parse, "gap": gap.main, "probe": probe_cli.main, "atlas": gap_atlas.main}[command]
     with pytest.raises(SystemExit) as exit_:

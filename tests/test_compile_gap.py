@@ -10,7 +10,7 @@ import torch
 from pyro import poutine
 from torch import nn
 
-from inference.gap_estimates import GapOptions, summarise
+from inference.gap.estimates import GapOptions, summarise
 from pyro_models.compile.data import SequenceSpec, generate, heldout_batch, seeded_generator, training_batches
 from pyro_models.compile.experiment import CompILEExperiment, ToySequences
 from pyro_models.compile.gap import (

@@ -14,7 +14,7 @@ from speech_fixtures import write_tiny_fsdd
 from torch.nn import functional as F
 
 from lvm_app import cli, gap
-from pyro_models.cpc import probe_cli
+from lvm_app import probe as probe_cli
 
 GAP = ["--num-points", "3", "--ais-steps", "5", "--ais-chains", "2", "--ais-leapfrog", "2", "--bdmc-points", "2",
        "--convergence-points", "2", "--iwae-k", "4", "--elbo-samples", "4", "--is-k", "8", "--local-steps", "3",
@@ -84,7 +84,7 @@ def test_training_evaluation_plots_and_gap_report_on_a_gpu(name, data_flags, tmp
 
 def test_an_injected_device_bug_fails_the_run(tmp_path, one_thread, monkeypatch):
     """The bug this issue fixed in the VAE's plots: the test images left on the CPU."""
-    monkeypatch.setattr("lvm_app.continuous.device_of", lambda module: torch.device("cpu"))
+    monkeypatch.setattr("pyro_models.experiment_kit.real_latents.device_of", lambda module: torch.device("cpu"))
     with FakeCuda() as fake, pytest.raises(DeviceMixError, match="a GPU tensor .* meets a CPU tensor"):
         cli.main(["--model", "vae", *DENSITY, "--out", str(tmp_path / "run"), "--device", "cuda"])
     assert len(fake.errors) == 1 and "pyro_models/networks.py" in fake.errors[0]

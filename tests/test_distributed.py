@@ -202,7 +202,7 @@ def test_sigterm_to_one_process_stops_both_with_a_checkpoint_that_resumes(tmp_pa
 
 
 def test_evaluation_ranges_cover_every_point_once_in_order():
-    from inference.parallel import Parallel
+    from inference.training.parallel import Parallel
 
     for items in (0, 1, 3, 10):
         for world in (1, 2, 3):
@@ -213,7 +213,7 @@ def test_evaluation_ranges_cover_every_point_once_in_order():
 
 BROADCAST = """
 import torch, torch.distributed as dist
-from inference.parallel import from_environment
+from inference.training.parallel import from_environment
 parallel = from_environment(None, 0, torch.device("cpu"))
 module = torch.nn.Linear(2, 2)
 module.register_buffer("best", torch.full((3,), float(parallel.rank)))

@@ -12,7 +12,7 @@ from conftest import ROOT
 from helpers import run_cli
 
 from lvm_app import cli
-from lvm_app.evaluation_protocol import choose_protocol, settings_for
+from lvm_app.eval_mode import choose_protocol, settings_for
 from lvm_app.registry import EXPERIMENTS
 from pyro_models.core import evaluation_settings
 from pyro_models.datasets.vector_data import evenly_spaced

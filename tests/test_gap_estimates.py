@@ -4,7 +4,7 @@ import math
 
 import torch
 
-from inference.gap_estimates import Estimate, GapEstimates, summarise
+from inference.gap.estimates import Estimate, GapEstimates, summarise
 from inference.importance import monte_carlo_variances
 
 

@@ -1,4 +1,4 @@
-"""inference.gap_report on models with closed forms, and its checks on cases built to fail them."""
+"""inference.gap.report on models with closed forms, and its checks on cases built to fail them."""
 import math
 
 import pyro
@@ -9,10 +9,11 @@ import torch.nn.functional as F
 from torch import nn
 
 from guides import MeanFieldNormal, build_guide, guide_family
-from inference.ais import AISSettings, simulate
-from inference.gap_checks import FAIL, INCONCLUSIVE, NOT_RUN, PASS, ais_checks, consistency_checks, converged
-from inference.gap_estimates import Estimate, GapEstimates
-from inference.gap_report import GapCheckWarning, GapSettings, gap_report
+from inference.ais import AISSettings
+from inference.bdmc import simulate
+from inference.gap.checks import FAIL, INCONCLUSIVE, NOT_RUN, PASS, ais_checks, consistency_checks, converged
+from inference.gap.estimates import Estimate, GapEstimates
+from inference.gap.report import GapCheckWarning, GapSettings, gap_report
 from inference.local_opt import LocalOptSettings
 from pyro_models import LinearGaussian, LinearGaussianConfig
 from pyro_models.mfcvae.model import MFCVAE, MFCVAEConfig

@@ -20,9 +20,9 @@ from inference import (
     evaluate_importance,
     train,
 )
-from inference.checkpoint import load_checkpoint
+from inference.training.checkpoint import load_checkpoint
 from inference.iwae_objective import fixed_parameter_log_prob
-from inference.metrics_log import read_metrics
+from inference.training.metrics_log import read_metrics
 from lvm_app.registry import EXPERIMENTS
 from pyro_models import LinearGaussian, LinearGaussianConfig
 from pyro_models.linear_gaussian.data import load_simulated

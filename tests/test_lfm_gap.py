@@ -9,9 +9,9 @@ import torch
 
 from guides import ConcreteBernoulli, MeanFieldBernoulli, build_guide
 from inference.enumeration import all_codes, mean_field_elbo, optimise_mean_field
-from inference.gap_estimates import GapOptions
+from inference.gap.estimates import GapOptions
 from inference.log_weights import log_weights
-from lvm_app.protocol import Built
+from pyro_models.experiment_kit.protocol import Built
 from pyro_models.lfm.data import SigmorphonData, Vocabulary, encode_words
 from pyro_models.lfm.experiment import LFMExperiment
 from pyro_models.lfm.model import LatentFactorModel, LFMConfig

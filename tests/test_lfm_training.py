@@ -13,8 +13,8 @@ from pyro.infer import TraceGraph_ELBO
 
 from guides import MeanFieldBernoulli, build_guide
 from inference import TrainingInterrupted, TrainSettings, train
-from inference.checkpoint import load_checkpoint
-from inference.metrics_log import read_metrics
+from inference.training.checkpoint import load_checkpoint
+from inference.training.metrics_log import read_metrics
 from pyro_models.lfm.data import SigmorphonData, Vocabulary, encode_words
 from pyro_models.lfm.experiment import LFMExperiment, LFMSettings
 from pyro_models.lfm.model import LatentFactorModel, LFMConfig, bernoulli_kl

@@ -11,7 +11,7 @@ from helpers import run_cli
 
 from guides import build_guide
 from guides.mean_field import MeanFieldNormal
-from inference.schedules import progressive_facets
+from inference.training.schedules import progressive_facets
 from pyro_models.datasets import load_digits_binarised
 from pyro_models.mfcvae.clustering import cluster_accuracy, clusters_used, nmi
 from pyro_models.mfcvae.experiment import MFCVAEExperiment, MFCVAESettings, fit_cluster_means

@@ -12,8 +12,8 @@ import torch
 from conftest import ROOT
 from helpers import run_cli
 
-from inference.checkpoint import load_checkpoint, save_checkpoint
-from inference.runner import TrainingDiverged, TrainSettings, train
+from inference.training.checkpoint import load_checkpoint, save_checkpoint
+from inference.training.loop import TrainingDiverged, TrainSettings, train
 from lvm_app.cli import parse
 from lvm_app.registry import EXPERIMENTS
 from pyro_models.core import check_settings
@@ -105,7 +105,7 @@ def test_checkpoints_load_as_plain_tensors_and_restore_every_random_state(tmp_pa
     torch.manual_seed(5)
     save_checkpoint(tmp_path / "c.pt", 7, {"m": module}, optimizer)
     torch.rand(3)  # move on, then restore
-    from inference.checkpoint import set_rng_state
+    from inference.training.checkpoint import set_rng_state
     set_rng_state(load_checkpoint(tmp_path / "c.pt")["rng"])
     assert torch.equal(torch.rand(3), expected)
 
@@ -120,7 +120,7 @@ def test_each_gpu_generator_travels_in_the_checkpoint(tmp_path, monkeypatch):
     save_checkpoint(tmp_path / "c.pt", 1, {"m": module}, None)
     state = load_checkpoint(tmp_path / "c.pt")["rng"]
     assert [t.tolist() for t in state["cuda"]] == [[1, 2], [3]]
-    from inference.checkpoint import set_rng_state
+    from inference.training.checkpoint import set_rng_state
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
     monkeypatch.setattr(torch.cuda, "set_rng_state_all", restored.append)

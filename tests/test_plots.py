@@ -2,7 +2,7 @@
 import matplotlib.pyplot as plt
 import torch
 
-from lvm_app.plots import image_grid
+from pyro_models.experiment_kit.plots import image_grid
 
 
 def _pure(png, channel: int) -> int:

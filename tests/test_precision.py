@@ -16,7 +16,7 @@ from torch import nn
 from guides import auxiliary_reverse_for, build_guide, guide_family, with_auxiliary
 from inference import ElboObjective, GlobalBatchLoss
 from inference.infonce import info_nce
-from inference.precision import NETWORK_LAYERS, MixedPrecision, MixedPrecisionObjective, with_precision
+from inference.training.precision import NETWORK_LAYERS, MixedPrecision, MixedPrecisionObjective, with_precision
 from lvm_app import cli
 from lvm_app.registry import EXPERIMENTS
 from pyro_models import VAE, VAEConfig

@@ -14,7 +14,7 @@ import soundfile
 import torch
 from conftest import ROOT
 
-from inference.prefetch import PrefetchedBatches
+from inference.training.prefetch import PrefetchedBatches
 from lvm_app.cli import parse
 from pyro_models.cpc.data import FRAME, WindowBatches, load_librispeech100
 from pyro_models.cpc.experiment import CPCExperiment, CPCSettings
@@ -205,7 +205,7 @@ def test_no_worker_outlives_its_process_after_an_exception(tmp_path):
     write_librispeech(tmp_path)
     script = textwrap.dedent(f"""
         import multiprocessing
-        from inference.prefetch import PrefetchedBatches
+        from inference.training.prefetch import PrefetchedBatches
         from pyro_models.cpc.data import WindowBatches, load_librispeech100
         from pyro_models.datasets import DataDir
         corpus = load_librispeech100(DataDir({str(tmp_path)!r}))

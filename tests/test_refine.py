@@ -12,14 +12,13 @@ from torch import nn
 from guides import (
     MeanFieldBernoulli,
     MeanFieldNormal,
-    RefinedGuide,
     auxiliary_reverse_for,
     build_guide,
     guide_family,
     with_auxiliary,
 )
-from guides.refine import ENCODER_TERM
-from inference import evaluate_importance
+from inference import RefinedGuide, evaluate_importance
+from inference.refine import ENCODER_TERM
 from pyro_models import LatentSite, LinearGaussian, LinearGaussianConfig
 from pyro_models.networks import KeywordInput
 

@@ -7,8 +7,8 @@ import torch
 from helpers import module_states_equal
 
 from inference import TrainingDiverged, TrainingInterrupted, TrainSettings, train
-from inference.checkpoint import load_checkpoint
-from inference.metrics_log import read_metrics
+from inference.training.checkpoint import load_checkpoint
+from inference.training.metrics_log import read_metrics
 from lvm_app.registry import EXPERIMENTS
 from pyro_models.linear_gaussian.data import load_simulated
 

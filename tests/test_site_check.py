@@ -11,7 +11,7 @@ import torch
 from guides import auxiliary_reverse_for, build_guide, guide_family, with_auxiliary
 from inference import ElboObjective, evaluate_importance, log_weights
 from inference.ais import AISSettings
-from inference.gap_report import GapSettings, gap_report
+from inference.gap.report import GapSettings, gap_report
 from inference.log_weights import SiteMismatch
 from pyro_models import VAE, VAEConfig
 

@@ -26,10 +26,10 @@ from pyro.infer import Trace_ELBO, TraceMeanField_ELBO
 from tqdm.auto import tqdm
 
 from inference import ElboObjective
-from inference.gap_estimates import GapEstimates, GapOptions
-from inference.metrics_log import read_metrics
-from lvm_app import plots
-from lvm_app.protocol import Built, Experiment, TrainDefaults, set_threads, setting
+from inference.gap.estimates import GapEstimates, GapOptions
+from inference.training.metrics_log import read_metrics
+from pyro_models.experiment_kit import plots
+from pyro_models.experiment_kit.protocol import Built, Experiment, TrainDefaults, set_threads, setting
 from pyro_models.compile.data import SequenceSpec, heldout_batch, training_batches
 from pyro_models.compile.gap import compile_gap_estimates
 from pyro_models.compile.guide import CompILEGuide

@@ -47,7 +47,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from inference.gap_estimates import Estimate, GapEstimates, GapOptions
+from inference.gap.estimates import Estimate, GapEstimates, GapOptions
 from pyro_models.compile.guide import CompILEGuide
 from pyro_models.compile.model import CompILE, boundary_prior_logits, transition_support
 from pyro_models.core import device_of

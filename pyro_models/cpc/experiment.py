@@ -27,9 +27,9 @@ from tqdm.auto import tqdm
 
 from inference import GlobalBatchLoss
 from inference.infonce import MODES, info_nce
-from inference.prefetch import PrefetchedBatches
-from lvm_app import plots
-from lvm_app.protocol import Built, EvaluationPlan, Experiment, TrainDefaults, set_threads, setting
+from inference.training.prefetch import PrefetchedBatches
+from pyro_models.experiment_kit import plots
+from pyro_models.experiment_kit.protocol import Built, EvaluationPlan, Experiment, TrainDefaults, set_threads, setting
 from pyro_models.core import AT_LEAST_ONE, NON_NEGATIVE, device_of
 from pyro_models.cpc.data import FRAME, SAMPLE_RATE, SPEECH_DATASETS, WindowBatches
 from pyro_models.cpc.model import CPC, ConvEncoder, CPCConfig, paper_layers, parse_layers
@@ -268,7 +268,7 @@ class _Subset:
 
 
 def _metrics(out_dir: Path):
-    from inference.metrics_log import read_metrics
+    from inference.training.metrics_log import read_metrics
 
     path = out_dir / "metrics.csv"
     return read_metrics(path) if path.exists() else []

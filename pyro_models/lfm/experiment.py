@@ -26,11 +26,11 @@ from torch import nn
 
 from guides import build_guide, guide_family
 from inference import ElboObjective, evaluate_importance
-from inference.checkpoint import ParamStoreEntries
-from inference.metrics_log import read_metrics
-from inference.schedules import linear_warmup
-from lvm_app import plots
-from lvm_app.protocol import Built, EvaluationPlan, Experiment, TrainDefaults, set_threads, setting
+from inference.training.checkpoint import ParamStoreEntries
+from inference.training.metrics_log import read_metrics
+from inference.training.schedules import linear_warmup
+from pyro_models.experiment_kit import plots
+from pyro_models.experiment_kit.protocol import Built, EvaluationPlan, Experiment, TrainDefaults, set_threads, setting
 from pyro_models.core import AT_LEAST_ONE, FRACTION, NON_NEGATIVE, POSITIVE, PROBABILITY, device_of
 from pyro_models.datasets.vector_data import evenly_spaced
 from pyro_models.lfm.data import BucketedBatches, Words, load_sigmorphon

@@ -21,7 +21,7 @@ from inference.enumeration import (
     mean_field_elbo,
     optimise_mean_field,
 )
-from inference.gap_estimates import Estimate, GapEstimates, GapOptions
+from inference.gap.estimates import Estimate, GapEstimates, GapOptions
 from pyro_models.core import device_of
 
 MAX_BITS = 16  # 2^16 decoder passes per word (~5-8 s at one thread for the 256-unit LSTM)

@@ -2,8 +2,8 @@
 log p(x) next to every estimate (the glue itself: lvm_app/continuous.py)."""
 import torch
 
-from lvm_app.continuous import DensityExperiment
-from lvm_app.protocol import TrainDefaults
+from pyro_models.experiment_kit.real_latents import DensityExperiment
+from pyro_models.experiment_kit.protocol import TrainDefaults
 from pyro_models.core import device_of
 
 from .data import load_simulated

@@ -8,10 +8,10 @@ import torch
 
 from guides.mean_field import MeanFieldNormal
 from inference import evaluate_importance
-from inference.schedules import progressive_facets
-from lvm_app import plots
-from lvm_app.continuous import TRAIN_EVAL_BINARISATION_SEED, DensityExperiment
-from lvm_app.protocol import EvaluationPlan, TrainDefaults, set_threads
+from inference.training.schedules import progressive_facets
+from pyro_models.experiment_kit import plots
+from pyro_models.experiment_kit.real_latents import TRAIN_EVAL_BINARISATION_SEED, DensityExperiment
+from pyro_models.experiment_kit.protocol import EvaluationPlan, TrainDefaults, set_threads
 from pyro_models.core import AT_LEAST_ONE, device_of, setting
 from pyro_models.datasets import IMAGE_DATASETS
 from pyro_models.datasets.vector_data import as_float, binarise_fixed, evenly_spaced

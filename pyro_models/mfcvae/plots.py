@@ -5,8 +5,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from inference.metrics_log import read_metrics
-from lvm_app.plots import image_grid, plt, save
+from inference.training.metrics_log import read_metrics
+from pyro_models.experiment_kit.plots import image_grid, plt, save
 from pyro_models.mfcvae.clustering import majority_mapping
 
 CLUSTERS_SHOWN = 25  # most heavily weighted clusters per facet

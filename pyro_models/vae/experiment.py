@@ -1,7 +1,7 @@
 """The VAE of Cremer, Li & Duvenaud (2018) for the command line: data sets and training budgets
 (the glue itself is the continuous-latent experiments': lvm_app/continuous.py)."""
-from lvm_app.continuous import DensityExperiment
-from lvm_app.protocol import TrainDefaults
+from pyro_models.experiment_kit.real_latents import DensityExperiment
+from pyro_models.experiment_kit.protocol import TrainDefaults
 from pyro_models.datasets import IMAGE_DATASETS
 
 from .model import VAE, VAEConfig

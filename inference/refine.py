@@ -50,10 +50,10 @@ import torch
 from pyro import poutine
 from torch import nn
 
+from guides import Guide, LocalParams, batch_size_of_call
 from pyro_models.core import data_plate
 
-from .guide import Guide, _batch_size
-from .sources import LocalParams
+from .log_weights import check_sites_match, sum_sites
 
 MODES = ("eval", "detach", "full")
 ENCODER_TERM = "refine_initial_elbo"  # the name of the encoder's factor in "detach" mode
@@ -151,7 +151,7 @@ class RefinedGuide(nn.Module):
             return self.guide(*args, idx=idx, latent_scales=latent_scales, num_data=num_data,
                               batch_size=batch_size, **data)
         pyro.module(self.guide.name, self.guide)
-        batch = _batch_size(args, data, idx, batch_size)
+        batch = batch_size_of_call(args, data, idx, batch_size)
         initial = self.guide.params(*args, idx=idx, batch_size=batch, **data)
         full = self.in_training and self.mode == "full"
         refined, first_grad, _ = self._refine(initial, args, data, idx, differentiable=full)
@@ -168,7 +168,7 @@ class RefinedGuide(nn.Module):
     def refine(self, *args, idx=None, batch_size=None, **data) -> Refinement:
         """Refine once (as in evaluation: from the detached encoder output) and return both
         parameter tensors; no gradient reaches any module."""
-        batch = _batch_size(args, data, idx, batch_size)
+        batch = batch_size_of_call(args, data, idx, batch_size)
         with torch.no_grad():
             initial = self.guide.params(*args, idx=idx, batch_size=batch, **data)
         refined, first_grad, elbo = self._refine(initial, args, data, idx, differentiable=False)
@@ -211,8 +211,6 @@ class RefinedGuide(nn.Module):
         """The S-sample reparameterised ELBO estimate of each point under q(z; params), (batch,),
         unscaled; the S samples are the batch repeated S times. Call it inside ``poutine.block()``
         when other handlers are active."""
-        from inference.log_weights import check_sites_match, sum_sites  # inference imports guides
-
         n, s = params.shape[0], self.num_samples
         repeat = _Repeat(n, s)
         args_s = tuple(repeat(a) for a in args)

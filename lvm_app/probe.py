@@ -11,10 +11,10 @@ import sys
 import time
 from pathlib import Path
 
-from inference.checkpoint import load_checkpoint
-from inference.metrics_log import read_metrics
+from inference.training.checkpoint import load_checkpoint
+from inference.training.metrics_log import read_metrics
 from lvm_app.device import DEVICE_HELP, UsageError, resolve_device
-from lvm_app.program import CommandParser, program_name
+from lvm_app.command import CommandParser, program_name
 from lvm_app.run_dir import load_run
 from lvm_app.run_lock import RunInUse, RunLock
 from pyro_models.cpc.experiment import BASELINES, parse_baselines

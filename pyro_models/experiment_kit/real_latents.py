@@ -9,11 +9,11 @@ from dataclasses import dataclass
 import pyro
 import torch
 
-from guides import RefinedGuide, auxiliary_reverse_for, build_guide, guide_family, with_auxiliary
-from guides.refine import MODES as REFINE_MODES
-from inference import ElboObjective, IwaeObjective, evaluate_importance
+from guides import auxiliary_reverse_for, build_guide, guide_family, with_auxiliary
+from inference import ElboObjective, IwaeObjective, RefinedGuide, evaluate_importance
+from inference.refine import MODES as REFINE_MODES
 from inference.iwae_objective import GRADIENTS
-from inference.schedules import kl_warmup
+from inference.training.schedules import kl_warmup
 from pyro_models.core import AT_LEAST_ONE, POSITIVE, device_of, setting
 from pyro_models.datasets.vector_data import as_float, binarise_fixed, evenly_spaced
 

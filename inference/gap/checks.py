@@ -12,7 +12,9 @@ PASS, FAIL, INCONCLUSIVE (run, but too noisy to confirm convergence), NOT_RUN (i
 was not asked for), NOT_APPLICABLE. A report is converged when no check failed or was
 inconclusive, and unknown (None) when a check that applies was not run.
 """
-from .gap_estimates import Estimate, GapEstimates, mc_se
+from inference.importance import mc_se
+
+from .estimates import Estimate, GapEstimates
 
 PASS, FAIL, INCONCLUSIVE, NOT_RUN, NOT_APPLICABLE = "pass", "fail", "inconclusive", "not run", "not applicable"
 EXACT_SLACK = 1e-6  # nats: float rounding where both sides are exact

@@ -23,7 +23,7 @@ from .checkpoint import (
     set_rng_state,
 )
 from .metrics_log import MetricsLog, read_metrics
-from .objectives import batch_size_of
+from inference.objectives import batch_size_of
 from .parallel import (
     BATCH_STREAM,
     LOG_STREAM,

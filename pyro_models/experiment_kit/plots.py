@@ -7,7 +7,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import torch  # noqa: E402
 
-from inference.metrics_log import read_metrics  # noqa: E402
+from inference.training.metrics_log import read_metrics  # noqa: E402
 
 
 def save(fig, path: Path, dpi: int = 100) -> Path:

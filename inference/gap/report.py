@@ -29,15 +29,16 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
-from guides.guide import Guide
-from guides.refine import RefinedGuide
+from guides import Guide
+from inference.ais import AISSettings, ais
+from inference.bdmc import bdmc
+from inference.importance import ImportanceResult, evaluate_importance
+from inference.local_opt import LocalOptSettings, optimise_local
+from inference.log_weights import DATA_PLATE
+from inference.refine import RefinedGuide
 
-from .ais import AISSettings, ais, bdmc
-from .gap_checks import check_lines, consistency_checks, converged
-from .gap_estimates import Estimate, GapEstimates, summarise
-from .importance import evaluate_importance
-from .local_opt import LocalOptSettings, optimise_local
-from .log_weights import DATA_PLATE
+from .checks import check_lines, consistency_checks, converged
+from .estimates import Estimate, GapEstimates, summarise
 
 
 class GapCheckWarning(UserWarning):
@@ -184,8 +185,6 @@ def evaluate_refined(model, guide: RefinedGuide, data: dict, num_particles, max_
 
 
 def _concatenate(results):
-    from .importance import ImportanceResult
-
     cat = {key: torch.cat([getattr(r, key) for r in results]) for key in ("elbo", "iwae", "ess", "elbo_mc_var",
                                                                         "iwae_mc_var")}
     return ImportanceResult(num_particles=results[0].num_particles, **cat)

@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from .importance import monte_carlo_variances
+from inference.importance import mc_se, monte_carlo_variances, point_se
 
 
 @dataclass
@@ -79,17 +79,6 @@ class GapEstimates:
     # are the encoder's own q before refinement (None for any other guide).
     elbo_unrefined: Estimate | None = None
     iwae_unrefined: Estimate | None = None
-
-
-def mc_se(mc_var: torch.Tensor) -> float:
-    """Monte Carlo standard error of the mean over points, from per-point variances."""
-    return (mc_var.double().sum().sqrt() / mc_var.numel()).item()
-
-
-def point_se(value: torch.Tensor) -> float:
-    """Standard error of the mean over points from their spread (the choice of the subset)."""
-    n = value.numel()
-    return (value.double().std() / math.sqrt(n)).item() if n > 1 else math.nan
 
 
 def summarise(estimates: GapEstimates) -> dict:
