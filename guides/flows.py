@@ -303,6 +303,27 @@ class AuxiliaryFlowNormal(ContextFlowFamily):
             log_q = log_q - log_scale.sum(-1)
         return z, log_q, v
 
+    def joint_log_prob(self, params, z, v) -> torch.Tensor:
+        """log q(z_T, v_T | x) at any (z_T, v_T), by running the steps backwards (each step is affine
+        in one variable given the other, so it inverts in closed form): what DReG needs to score a
+        particle with the parameters held fixed."""
+        d = self.site.dim
+        loc, scale = _base(params, d)
+        context = params[..., 2 * d:].expand(z.shape[:-1] + (self.context_dim,))
+        log_det = 0.0
+        for v_net, z_net in reversed(list(zip(self.v_nets, self.z_nets))):
+            shift, log_scale = _shift_and_log_scale(z_net, torch.cat([v, context], -1))
+            z = (z - shift) * (-log_scale).exp()
+            log_det = log_det + log_scale.sum(-1)
+            shift, log_scale = _shift_and_log_scale(v_net, torch.cat([z, context], -1))
+            v = (v - shift) * (-log_scale).exp()
+            log_det = log_det + log_scale.sum(-1)
+        v_loc, v_log_scale = _shift_and_log_scale(self.v0_net, torch.cat([z, context], -1))
+        eta = (v - v_loc) * (-v_log_scale).exp()
+        eps = (z - loc) / scale
+        return (_std_normal_log_prob(eps) - scale.log().sum(-1) + _std_normal_log_prob(eta) - v_log_scale.sum(-1)
+                - log_det)
+
     def sample(self, params):
         q = self.distribution(params)
         z = pyro.sample(self.site.name, q)

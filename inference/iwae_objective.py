@@ -56,12 +56,11 @@ from pyro.poutine.util import site_is_subsample
 from torch import nn
 from torch.distributions import Independent, Normal
 
-from guides.flows import AuxiliaryFlowNormal, FlowDistribution, _base, _shift_and_log_scale, _std_normal_log_prob
-from guides.mean_field import MeanFieldNormal
-from inference.refine import RefinedGuide
+from guides import AuxiliaryFlowNormal, FlowDistribution, MeanFieldNormal
 
 from .log_weights import DATA_PLATE, check_sites_match, sum_sites
 from .objectives import batch_size_of
+from .refine import RefinedGuide
 
 GRADIENTS = ("standard", "dreg")
 DREG_FAMILIES = "ffg (MeanFieldNormal), realnvp (RealNVPNormal), auxflow (AuxiliaryFlowNormal)"
@@ -289,7 +288,7 @@ def fixed_parameter_log_prob(site, guide_trace) -> torch.Tensor | None:
         family = fn.family
         if isinstance(family, AuxiliaryFlowNormal):
             v = guide_trace.nodes[family.aux_name]["value"]
-            return _call_with_fixed_networks(family, auxiliary_flow_log_prob, fn.params.detach(), value, v)
+            return _call_with_fixed_networks(family, type(family).joint_log_prob, fn.params.detach(), value, v)
         if not hasattr(family, "inverse_log_prob"):
             raise ValueError(dreg_refusal(family))
         return _call_with_fixed_networks(family, type(family).inverse_log_prob, fn.params.detach(), value)
@@ -311,27 +310,6 @@ def _sampled_values(site, guide_trace):
     if isinstance(fn, FlowDistribution) and isinstance(fn.family, AuxiliaryFlowNormal):
         values.append(guide_trace.nodes[fn.family.aux_name]["value"])
     return values
-
-
-def auxiliary_flow_log_prob(family: AuxiliaryFlowNormal, params, z, v) -> torch.Tensor:
-    """log q(z_T, v_T | x) of the auxiliary flow at any (z_T, v_T), by running its steps backwards
-    (each step is affine in one variable given the other, so it inverts in closed form)."""
-    d = family.site.dim
-    loc, scale = _base(params, d)
-    context = params[..., 2 * d:].expand(z.shape[:-1] + (family.context_dim,))
-    log_det = 0.0
-    for v_net, z_net in reversed(list(zip(family.v_nets, family.z_nets))):
-        shift, log_scale = _shift_and_log_scale(z_net, torch.cat([v, context], -1))
-        z = (z - shift) * (-log_scale).exp()
-        log_det = log_det + log_scale.sum(-1)
-        shift, log_scale = _shift_and_log_scale(v_net, torch.cat([z, context], -1))
-        v = (v - shift) * (-log_scale).exp()
-        log_det = log_det + log_scale.sum(-1)
-    v_loc, v_log_scale = _shift_and_log_scale(family.v0_net, torch.cat([z, context], -1))
-    eta = (v - v_loc) * (-v_log_scale).exp()
-    eps = (z - loc) / scale
-    return (_std_normal_log_prob(eps) - scale.log().sum(-1) + _std_normal_log_prob(eta) - v_log_scale.sum(-1)
-            - log_det)
 
 
 def _scaling(coefficient: torch.Tensor, value: torch.Tensor, site, objective: IwaeObjective):

@@ -18,8 +18,7 @@ from functools import partial
 import torch
 from tqdm.auto import tqdm
 
-from guides.guide import Guide
-from guides.sources import LocalParams
+from guides import Guide, LocalParams
 from pyro_models.core import device_of
 
 from .log_weights import DATA_PLATE, log_weights

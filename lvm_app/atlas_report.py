@@ -8,7 +8,7 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 
-from lvm_app.gap import with_se
+from lvm_app.gap_markdown import format_or_dash, with_se
 
 COLUMNS = ("log_px", "elbo_local", "elbo_amortised", "approximation_gap", "amortisation_gap")
 # A semi-amortised guide's report also has the encoder's own q, before refinement (lvm_app/gap.py).
@@ -39,11 +39,6 @@ def collect(out: Path, entries) -> list[dict]:
     return rows
 
 
-def _v(row, key):
-    value = row.get(key)
-    return "-" if value is None else f"{value:.2f}"
-
-
 def _method(text: str) -> str:
     """A short name for the table; the gap reports hold the whole description."""
     for short, label in (("AIS", "AIS"), ("enumeration", "enumeration"), ("importance sampling", "sum over b, IS over z"),
@@ -54,7 +49,7 @@ def _method(text: str) -> str:
 
 
 def checks_cell(row: dict) -> str:
-    """The report's own verdict (inference/gap_checks.py) and what did not pass."""
+    """The report's own verdict (inference/gap/checks.py) and what did not pass."""
     verdict = {True: "ok", False: "NOT CONVERGED", None: "unchecked"}[row.get("converged")]
     return verdict + (f": {', '.join(row['checks_not_passed'])}" if row.get("checks_not_passed") else "")
 
@@ -66,8 +61,8 @@ def table(rows: list[dict]) -> str:
     for r in rows:
         compute = "-" if r["gap_s"] is None else f"{r['train_s'] or 0:.0f} + {r['gap_s']:.0f}"
         lines.append(f"| {r['label']} | {r['dataset']} | {r['split']} | {r['num_points']} | {r['train_steps']} | "
-                     f"{_method(r['log_px_method'])} | {_v(r, 'log_px')} | {_v(r, 'elbo_local')} | "
-                     f"{_v(r, 'elbo_amortised')} | {with_se(r, 'approximation_gap', spread=True)} | "
+                     f"{_method(r['log_px_method'])} | {format_or_dash(r.get('log_px'))} | {format_or_dash(r.get('elbo_local'))} | "
+                     f"{format_or_dash(r.get('elbo_amortised'))} | {with_se(r, 'approximation_gap', spread=True)} | "
                      f"{with_se(r, 'amortisation_gap', spread=True)} | {checks_cell(r)} | {compute} |")
     return "\n".join(lines)
 
@@ -81,8 +76,8 @@ def refined_table(rows: list[dict]) -> str:
     lines = ["| model / guide | split | N | L[q] before refinement | L[q] after | gain | amortisation gap before | "
              "amortisation gap after |", "|---|---|---|---|---|---|---|---|"]
     for r in refined:
-        lines.append(f"| {r['label']} | {r['split']} | {r['num_points']} | {_v(r, 'elbo_amortised_unrefined')} | "
-                     f"{_v(r, 'elbo_amortised')} | {with_se(r, 'refinement_gain', spread=True)} | "
+        lines.append(f"| {r['label']} | {r['split']} | {r['num_points']} | {format_or_dash(r.get('elbo_amortised_unrefined'))} | "
+                     f"{format_or_dash(r.get('elbo_amortised'))} | {with_se(r, 'refinement_gain', spread=True)} | "
                      f"{with_se(r, 'amortisation_gap_unrefined', spread=True)} | "
                      f"{with_se(r, 'amortisation_gap', spread=True)} |")
     return "\n".join(lines)

@@ -6,6 +6,9 @@ import typing
 
 
 def _parser_for(annotation):
+    optional = [arg for arg in typing.get_args(annotation) if arg is not type(None)]
+    if type(None) in typing.get_args(annotation) and len(optional) == 1:  # ``int | None``: None is the default
+        annotation = optional[0]
     origin = typing.get_origin(annotation)
     if origin is tuple:
         item = typing.get_args(annotation)[0]
@@ -29,7 +32,7 @@ def add_dataclass_flags(parser: argparse.ArgumentParser, cls, title: str) -> Non
         flag = "--" + f.name.replace("_", "-")
         annotation = hints[f.name]
         default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
-        shown = ",".join(map(str, default)) if isinstance(default, tuple) else default
+        shown = ",".join(map(str, default)) if isinstance(default, tuple) else "" if default is None else default
         text = f.metadata.get("help") or ""
         # an empty default is explained by the help itself ("(default: the paper's ...)")
         help_text = text if shown == "" and "default" in text else f"{text} (default: {shown})".strip()

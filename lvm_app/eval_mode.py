@@ -39,15 +39,16 @@ def duration(seconds: float) -> str:
     return f"{seconds / 60:.0f} min" if seconds < 5400 else f"{seconds / 3600:.1f} h"
 
 
-def announcement(experiment, built, settings, given: set[str], data, batch_size: int, protocol: str, why: str,
+def announcement(experiment, ctx, built, data, given: set[str], protocol: str, why: str,
                  seconds_per_step: float | None) -> str | None:
     """One line: what the evaluation computes, roughly how long it takes, and the other protocol's cost.
 
     Seconds are estimated from the run's training speed, a point-pass of evaluation costing a
     third of a training point's forward and backward pass: rough, but in the right unit."""
-    plan = experiment.evaluation_plan(built, data, settings, batch_size)
+    plan = experiment.evaluation_plan(ctx, built, data)
     if plan is None:
         return None
+    batch_size = ctx.batch_size
 
     def cost(p) -> str:
         if not seconds_per_step:
@@ -57,7 +58,8 @@ def announcement(experiment, built, settings, given: set[str], data, batch_size:
     line = f"evaluation ({protocol}: {why}): {plan.description}; {cost(plan)}"
     if experiment.quick_evaluation:
         other = "quick" if protocol == "paper" else "paper"
-        other_plan = experiment.evaluation_plan(built, data, settings_for(experiment, settings, given, other), batch_size)
+        other_ctx = ctx.replace(settings=settings_for(experiment, ctx.settings, given, other))
+        other_plan = experiment.evaluation_plan(other_ctx, built, data)
         if other_plan.description != plan.description:
             line += f" (--eval {other}: {cost(other_plan)})"
     return line

@@ -7,11 +7,11 @@
 Continuous latents (vae, mfcvae, linear_gaussian): log p(x) by AIS, checked by AIS with twice
 the steps and by BDMC on data simulated from the model; L[q] and the IWAE-K bound from the
 amortised guide; L[q*] from a local guide of the same family optimised per data point
-(inference/gap_report.py, which a user can call on their own model). A model with discrete
+(inference/gap/report.py, which a user can call on their own model). A model with discrete
 latents brings its own estimator (``Experiment.gap_estimates``: the LFM enumerates its 2^K codes;
 CompILE scores its discrete model, exact in the boundaries). Every figure comes with its Monte
-Carlo standard error given the points and the spread over points (inference/gap_estimates.py).
-The report checks itself (inference/gap_checks.py): each check that fails prints one line on
+Carlo standard error given the points and the spread over points (inference/gap/estimates.py).
+The report checks itself (inference/gap/checks.py): each check that fails prints one line on
 stderr, and gap.json says ``"converged": false`` while keeping the numbers. Writes gap.json and
 gap.md.
 
@@ -30,13 +30,14 @@ import pyro
 import torch
 
 from guides import GUIDE_FAMILIES
-from inference.gap.checks import NOT_APPLICABLE, check_lines
-from inference.gap.estimates import GapOptions
-from inference.gap.report import assemble
+from inference import AISSettings, GapSettings, LocalOptSettings, RefinedGuide
+from inference.gap import assemble, check_lines
+from lvm_app.command import CommandParser, program_name
 from lvm_app.device import DEVICE_CHOICES, UsageError, resolve_device
 from lvm_app.gap_continuous import NotApplicable, continuous_run_estimates
-from lvm_app.command import CommandParser, program_name
+from lvm_app.gap_markdown import markdown
 from lvm_app.run_dir import load_run
+from pyro_models.experiment_kit.real_latents import REFINE_LR
 
 PROG = program_name("run/gap.py")  # the prefix of every message
 
@@ -83,46 +84,55 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def gap_settings(args) -> GapSettings:
+    """The report's settings from the flags (a model's own estimator reads what applies to it)."""
+    return GapSettings(
+        ais=AISSettings(num_steps=args.ais_steps, num_chains=args.ais_chains, leapfrog_steps=args.ais_leapfrog,
+                        schedule=args.ais_schedule),
+        convergence_points=args.convergence_points, bdmc_points=args.bdmc_points, iwae_k=args.iwae_k,
+        elbo_samples=args.elbo_samples, is_k=args.is_k, tolerance=args.check_tolerance,
+        local=LocalOptSettings(init=args.local_init, lr=args.local_lr, num_particles=args.local_particles,
+                               max_steps=args.local_steps))
+
+
 def report_for_run(args) -> dict:
     started = time.perf_counter()
     if args.threads:
         torch.set_num_threads(args.threads)
     device = resolve_device(args.device)
     run = load_run(args.checkpoint, args.data_dir, device)
-    experiment, built = run.experiment, run.built
-    if not experiment.supports_gap_report:
+    experiment, built, ctx = run.experiment, run.built, run.ctx
+    if experiment.evaluation_points is None:
         raise NotApplicable(f"model {experiment.name!r} has no gap report: {experiment.guide_note}")
-    if built.guide is None or getattr(built.guide, "amortised", True) is False:
+    if built.guide is None or not built.guide.amortised:
         raise NotApplicable(f"{args.checkpoint} trained a local guide: the gap report needs an amortised one")
-    run_guide = run.config["run"]["guide"]
-    limit = experiment.max_evaluation_points(run.data)
+    limit = experiment.max_evaluation_points(ctx, run.data)
     if limit is not None and args.num_points > limit:
         raise NotApplicable(f"--num-points {args.num_points}: model {experiment.name!r} has only {limit} distinct "
                             f"points; ask for at most {limit}")
     if args.refine is not None or args.refine_lr is not None:
         refine_for_evaluation(run, args)
-    points = {k: v.to(device) for k, v in experiment.evaluation_points(run.data, args.num_points, args.split).items()}
+    points = {k: v.to(device) for k, v in experiment.evaluation_points(ctx, run.data, args.num_points,
+                                                                       args.split).items()}
     n = next(iter(points.values())).shape[0]
     pyro.set_rng_seed(args.seed)
-    if experiment.own_gap_estimator:  # discrete latents: the model's own estimator
-        if args.guide not in (None, run_guide):
-            raise NotApplicable(f"model {experiment.name!r} takes q* of the run's own family ({run_guide}) only")
-        options = GapOptions(elbo_samples=args.elbo_samples, iwae_k=args.iwae_k, is_k=args.is_k,
-                             local_steps=args.local_steps, local_lr=args.local_lr,
-                             local_particles=args.local_particles, progress=args.progress)
-        estimates = experiment.gap_estimates(built, points, options)
+    settings = gap_settings(args)
+    if experiment.gap_estimates is not None:  # discrete latents: the model's own estimator
+        if args.guide not in (None, ctx.guide):
+            raise NotApplicable(f"model {experiment.name!r} takes q* of the run's own family ({ctx.guide}) only")
+        estimates = experiment.gap_estimates(ctx, built, points, settings, args.progress)
     else:
-        estimates = continuous_run_estimates(args, run, points)
-    report = {"model": experiment.name, "dataset": run.config["run"]["dataset"], "guide": run_guide,
-              "local_guide": run_guide, "split": args.split, "num_points": n,
-              "checkpoint": str(args.checkpoint), "train_steps": run.step}
-    settings = run.config.get("settings", {})
+        estimates = continuous_run_estimates(args, run, points, settings)
+    report = {"model": experiment.name, "dataset": ctx.dataset, "guide": ctx.guide, "local_guide": ctx.guide,
+              "split": args.split, "num_points": n, "checkpoint": str(args.checkpoint), "train_steps": run.step}
+    saved_settings = run.config.get("settings", {})
     for key in ("objective", "particles", "gradient", "refine", "refine_lr", "refine_mode"):
-        if key in settings:  # how the run trained (IWAE-K, a semi-amortised guide)
-            report[f"train_{key}"] = settings[key]
+        if key in saved_settings:  # how the run trained (IWAE-K, a semi-amortised guide)
+            report[f"train_{key}"] = saved_settings[key]
     if args.refine is not None or args.refine_lr is not None:
         report["evaluation_refine"] = {"steps": built.guide.steps, "lr": built.guide.lr}
-    report.update(assemble(estimates, args.check_tolerance, experiment.exact_log_px(built, points)))
+    exact = experiment.exact_log_px(built, points) if experiment.exact_log_px is not None else None
+    report.update(assemble(estimates, args.check_tolerance, exact))
     report["settings"] = {k: v for k, v in vars(args).items() if k not in ("progress", "traceback")}
     report["wall_s"] = round(time.perf_counter() - started, 1)
     return report
@@ -130,104 +140,16 @@ def report_for_run(args) -> dict:
 
 def refine_for_evaluation(run, args) -> None:
     """--refine/--refine-lr: the run's guide (its plain, amortised one) refined at evaluation."""
-    from inference import RefinedGuide
-    from pyro_models.experiment_kit.real_latents import REFINE_LR
-
-    built, settings = run.built, run.config.get("settings", {})
-    if not hasattr(run.experiment, "plain_guide") or not run.experiment.guides or "real" not in {
-            site.support for site in getattr(built.model, "latent_sites", ())}:
+    experiment, built, settings = run.experiment, run.built, run.config.get("settings", {})
+    if experiment.plain_guide is None:
         raise NotApplicable(f"--refine applies to the models with real latents and an amortised guide of a real-site "
-                            f"family (vae, linear_gaussian, mfcvae); not to {run.experiment.name!r}")
+                            f"family (vae, linear_gaussian, mfcvae); not to {experiment.name!r}")
     steps = args.refine if args.refine is not None else settings.get("refine") or 0
     if steps < 1:
         raise NotApplicable("--refine-lr needs --refine K (this run did not refine)")
     lr = args.refine_lr if args.refine_lr is not None else settings.get("refine_lr") or REFINE_LR
-    plain = run.experiment.plain_guide(built)
-    built.guide = RefinedGuide(plain, run.experiment.model_program(built), steps, lr, mode="eval",
+    built.guide = RefinedGuide(experiment.plain_guide(built), experiment.model_program(built), steps, lr, mode="eval",
                                max_plate_nesting=built.model.max_plate_nesting).eval()
-
-
-def _f(value, digits=2):
-    return "-" if value is None else f"{value:.{digits}f}"
-
-
-def with_se(report: dict, key: str, spread: bool = False) -> str:
-    """"value ± Monte Carlo s.e." (and "(spread s.e.)" with ``spread``), or "-" when not computed."""
-    if report.get(key) is None:
-        return "-"
-    text = f"{report[key]:.2f} ± {report[f'{key}_mc_se']:.2f}"
-    return f"{text} ({report[f'{key}_point_se']:.2f})" if spread else text
-
-
-def guide_label(report: dict) -> str:
-    """The guide, and how it trained when not with the plain ELBO."""
-    r, notes = report, []
-    if r.get("train_objective") == "iwae":
-        notes.append(f"IWAE-{r.get('train_particles')}" + (" DReG" if r.get("train_gradient") == "dreg" else ""))
-    if r.get("train_refine"):
-        notes.append(f"refined {r['train_refine']} steps, mode {r.get('train_refine_mode')}")
-    if r.get("evaluation_refine"):
-        notes.append(f"evaluated refined by {r['evaluation_refine']['steps']} steps of {r['evaluation_refine']['lr']}")
-    return r["guide"] + (f" ({'; '.join(notes)})" if notes else "")
-
-
-def markdown(report: dict) -> str:
-    r = report
-    cols = ["log_px", "iwae", "elbo_local", "elbo_amortised", "approximation_gap", "amortisation_gap"]
-    lines = [
-        (f"Gap report: model `{r['model']}`, data `{r['dataset']}`, guide `{r['guide']}` "
-         f"(q* family `{r['local_guide']}`), {r['num_points']} {r['split']} points, {r['train_steps']} training steps."),
-        "",
-        "| guide | log p(x) | IWAE-K | L[q*] | L[q] | approximation gap | amortisation gap |",
-        "|---|---|---|---|---|---|---|",
-        f"| {guide_label(r)} | " + " | ".join(with_se(r, key) for key in cols) + " |",
-        *([f"| {r['guide']}, before refinement | " + " | ".join(with_se(r, key) for key in (
-            "log_px", "iwae_unrefined", "elbo_local", "elbo_amortised_unrefined", "approximation_gap",
-            "amortisation_gap_unrefined")) + " |"] if r.get("elbo_amortised_unrefined") is not None else []),
-        "",
-        ("Means over the points ± Monte Carlo standard error given the points. Spread over points "
-         f"(standard error of the subset mean): approximation gap {_f(r.get('approximation_gap_point_se'))}, "
-         f"amortisation gap {_f(r.get('amortisation_gap_point_se'))}."),
-        "",
-    ]
-    if r.get("elbo_amortised_unrefined") is not None:
-        lines.append(f"- Refinement raised L[q] by {with_se(r, 'refinement_gain')} nats (spread "
-                     f"{_f(r.get('refinement_gain_point_se'))}): amortisation gap {_f(r['amortisation_gap_unrefined'])} "
-                     f"before, {_f(r['amortisation_gap'])} after.")
-    for key, label in (("log_px", "log p(x)"), ("iwae", "IWAE-K"), ("elbo_local", "L[q*]"), ("elbo_amortised", "L[q]"),
-                       ("elbo_amortised_unrefined", "L[q] before refinement")):
-        if r.get(f"{key}_method"):
-            lines.append(f"- {label}: {r[f'{key}_method']}." + (
-                f" Exact: {r['log_px_exact']:.2f}." if key == "log_px" and "log_px_exact" in r else ""))
-    if "bdmc_simulated" in r:
-        b = r["bdmc_simulated"]
-        lines.append(f"- BDMC on {b['points']} points simulated from the model (not the points above): "
-                     f"{b['simulated_log_px_lower']:.2f} .. {b['simulated_log_px_upper']:.2f}, a bracket of "
-                     f"{b['width']:.3f} ± {b['width_mc_se']:.3f} nats.")
-    if "ais_convergence" in r:
-        c = r["ais_convergence"]
-        lines.append(f"- AIS with {c['steps_x2']} instead of {c['steps']} steps on {c['points']} points moves the "
-                     f"estimate by {c['change']:+.3f} ± {c['change_mc_se']:.3f} nats.")
-    if "decoder_gflops_per_s" in r.get("ais", {}):
-        a = r["ais"]
-        lines.append(f"- AIS throughput: {a['leapfrog_chain_points_per_s']:.0f} leapfrog steps x chains x points / s, "
-                     f"{a['decoder_gflops_per_s']:.1f} GFLOP/s of decoder work ({100 * a['fraction_of_peak']:.0f}% of "
-                     f"the {a['matmul_peak_gflops']:.0f} GFLOP/s matmul peak); acceptance {a['accept_rate']:.2f}.")
-    timings = r.get("timings_s", {})
-    lines.append(f"- wall time {r['wall_s']:.0f} s" + (
-        f" ({', '.join(f'{k} {v}' for k, v in timings.items())})." if timings else "."))
-    lines += ["", checks_markdown(r)]
-    return "\n".join(lines) + "\n"
-
-
-def checks_markdown(report: dict) -> str:
-    verdict = {True: "**converged**: every check passed", False: "**NOT CONVERGED**: a check failed",
-               None: "**convergence unknown**: log p(x)'s convergence was not checked"}[report["converged"]]
-    lines = [f"Checks: {verdict}.", ""]
-    for name, check in report["checks"].items():
-        if check["status"] != NOT_APPLICABLE:
-            lines.append(f"- `{name}`: {check['status']}" + (f": {check['message']}" if check["message"] else ""))
-    return "\n".join(lines)
 
 
 def main(argv=None) -> int:

@@ -11,10 +11,9 @@ import sys
 import time
 from pathlib import Path
 
-from inference.training.checkpoint import load_checkpoint
 from inference.training.metrics_log import read_metrics
-from lvm_app.device import DEVICE_HELP, UsageError, resolve_device
 from lvm_app.command import CommandParser, program_name
+from lvm_app.device import DEVICE_HELP, UsageError, resolve_device
 from lvm_app.run_dir import load_run
 from lvm_app.run_lock import RunInUse, RunLock
 from pyro_models.cpc.experiment import BASELINES, parse_baselines
@@ -65,7 +64,8 @@ def _run_locked(args, device) -> dict:
     if loaded.config["run"]["model"] != "cpc":
         raise NotACPCRun(f"{args.run} is a {loaded.config['run']['model']} run; run/probe.py evaluates cpc runs")
     changes = {name: getattr(args, name) for name in OVERRIDABLE if getattr(args, name) is not None}
-    settings = dataclasses.replace(loaded.settings, **changes)
+    settings = dataclasses.replace(loaded.ctx.settings, **changes)
+    ctx = loaded.ctx.replace(settings=settings)
     if settings.threads > 0:
         import torch
 
@@ -73,13 +73,13 @@ def _run_locked(args, device) -> dict:
     started = time.perf_counter()
     previous_path = loaded.path / "summary.json"
     previous = json.loads(previous_path.read_text()) if args.keep and previous_path.exists() else {}
-    summary = loaded.experiment.evaluate(loaded.built, loaded.data, settings, loaded.path, args.progress)
+    summary = loaded.experiment.evaluate(ctx, loaded.built, loaded.data, loaded.path, args.progress)
     computed = parse_baselines(settings.baselines)
     for key, value in previous.items():
         name = key.split("_")[1] if key.startswith("baseline_") else key.split("_")[0]
         if name in BASELINES and name not in computed and key.startswith(("baseline_", name + "_")):
             summary[key] = value
-    extra = load_checkpoint(loaded.path / "checkpoint.pt")["extra"]
+    extra = loaded.saved.checkpoint()["extra"]  # read once, by load_run
     metrics = loaded.path / "metrics.csv"
     rows = read_metrics(metrics) if metrics.exists() else []
     # the keys run/svi.py writes too: the protocol the run chose (probe_settings_changed says what differs)
@@ -88,7 +88,7 @@ def _run_locked(args, device) -> dict:
                     "eval_wall_s": round(time.perf_counter() - started, 1), "evaluated_by": "run/probe.py",
                     "probe_settings_changed": changes})
     (loaded.path / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
-    loaded.experiment.plot(loaded.built, loaded.data, loaded.path)
+    loaded.experiment.plot(ctx, loaded.built, loaded.data, loaded.path, summary)
     print(json.dumps(summary, indent=2))
     print(f"wrote {loaded.path}/summary.json and plots")
     return summary

@@ -23,7 +23,8 @@ class LatentSite:
     """One latent sample site inside the model's per-datapoint plate (dim -1).
 
     ``dim`` is the size of the site's event (its value has shape ``(..., batch, dim)``);
-    ``support`` is ``"real"`` or ``"binary"`` and decides which guide families apply.
+    ``support`` is ``"real"``, ``"binary"`` or ``"one_hot"`` and decides which guide families apply
+    (none of ``guides`` serves ``"one_hot"``: CompILE brings its own guide).
     """
 
     name: str
@@ -80,6 +81,8 @@ def check_settings(settings) -> None:
         if f.metadata.get("derived"):
             continue
         value, flag = getattr(settings, f.name), "--" + f.name.replace("_", "-")
+        if value is None:  # an optional setting left at its default ("the data set's", ...)
+            continue
         values = value if isinstance(value, tuple) else (value,)
         rule = f.metadata.get("valid")
         if typing.get_origin(hints[f.name]) is tuple:
@@ -149,7 +152,7 @@ def data_plate(name: str, batch: int, idx: torch.Tensor | None = None, num_data:
 @runtime_checkable
 class LatentVariableModel(Protocol):
     """What every generative model of this library provides; guides, estimators and the runner
-    rely on nothing else.
+    rely on nothing else (tests/test_model_contract.py holds every model to it).
 
     - ``model(...)``: the Pyro program. Data as keyword (or leading positional) arguments whose
       first dimension indexes points; ``None`` data is sampled from the prior (give
@@ -158,8 +161,6 @@ class LatentVariableModel(Protocol):
       scales each latent site's log-densities (annealing).
     - ``latent_sites``: the latent sample sites a guide must serve, each inside the plate
       ``plate_name`` at dim -1, with an event shape (``LatentSite``).
-    - ``make_encoder()``: a fresh encoder body for amortised guides, ``(module, output size)``;
-      the module takes the data as ``model`` does.
     - ``max_plate_nesting``: how many plates the program nests (estimators put their particle
       dimension to the left of them).
     - ``name``: the prefix of the networks' parameters in Pyro's param store (unique per
@@ -173,6 +174,13 @@ class LatentVariableModel(Protocol):
     @property
     def latent_sites(self) -> tuple[LatentSite, ...]: ...
 
-    def make_encoder(self) -> tuple[nn.Module, int]: ...
-
     def model(self, *args, **kwargs): ...
+
+
+@runtime_checkable
+class AmortisableModel(LatentVariableModel, Protocol):
+    """A model whose sites the library's guide families serve, with an encoder body for them:
+    ``make_encoder()`` gives a fresh ``(module, output size)`` that takes the data as ``model``
+    does (every model but CompILE, whose structured guide is its own)."""
+
+    def make_encoder(self) -> tuple[nn.Module, int]: ...

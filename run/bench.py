@@ -25,6 +25,7 @@ from torch import nn  # noqa: E402
 
 from guides import MeanFieldNormal, build_guide  # noqa: E402
 from inference import ElboObjective, evaluate_importance  # noqa: E402
+from inference.throughput import matmul_peak_gflops  # noqa: E402
 from pyro_models import VAE, VAEConfig  # noqa: E402
 from pyro_models.networks import linear_flops  # noqa: E402
 
@@ -51,17 +52,6 @@ class PlainVAE(nn.Module):
         log_pz = -0.5 * (z ** 2 + LOG_2PI).sum(-1)
         log_qz = (-0.5 * (eps ** 2 + LOG_2PI) - scale.log()).sum(-1)
         return -(log_px + log_pz - log_qz).mean()
-
-
-def matmul_peak_gflops(n: int = 2048, repeats: int = 10) -> float:
-    a, b = torch.randn(n, n), torch.randn(n, n)
-    a @ b
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        a @ b
-        times.append(time.perf_counter() - start)
-    return 2 * n ** 3 / min(times) / 1e9
 
 
 def time_steps(step, x_batches, n_steps):
@@ -137,10 +127,10 @@ def main(argv=None):
     step = results["step"]
     print(f"training step, batch {args.batch_size}: Pyro {step['pyro_step_ms']:.2f} ms, plain PyTorch "
           f"{step['plain_step_ms']:.2f} ms, ratio {step['pyro_over_plain']:.3f} (target <= 1.15)")
-    peak = matmul_peak_gflops()
+    peak = matmul_peak_gflops(2048, 10)
     kwargs = {} if args.max_rows is None else {"max_rows": args.max_rows}
     iwae = bench_iwae(args.iwae_points, args.iwae_k, **{"max_rows": 32768, **kwargs})
-    peak = max(peak, matmul_peak_gflops())  # measured before and after, best of both
+    peak = max(peak, matmul_peak_gflops(2048, 10))  # measured before and after, best of both
     results.update({"matmul_peak_gflops_per_s": peak, "iwae": iwae,
                     "iwae_fraction_of_peak": iwae["decoder_gflops_per_s"] / peak})
     print(f"IWAE evaluator: {iwae['points']} points x K={iwae['k']} in {iwae['seconds']:.1f} s, "

@@ -43,7 +43,7 @@ def model_and_points(checkpoint: str | None, points: int):
     from lvm_app.run_dir import load_run
 
     run = load_run(checkpoint)
-    return run.built.model, run.experiment.evaluation_points(run.data, points, "train")["x"]
+    return run.built.model, run.experiment.evaluation_points(run.ctx, run.data, points, "train")["x"]
 
 
 def main(argv=None) -> int:

@@ -21,7 +21,7 @@ import pyro  # noqa: E402
 from inference.training.precision import PRECISIONS, with_precision  # noqa: E402
 from inference.training.loop import make_optimizer, parameters_of  # noqa: E402
 from lvm_app.cli import parse  # noqa: E402
-from pyro_models.datasets import DataDir  # noqa: E402
+from lvm_app.training_run import run_context  # noqa: E402
 
 
 def main(argv=None) -> int:
@@ -31,11 +31,13 @@ def main(argv=None) -> int:
     p.add_argument("svi_flags", nargs="+", help="run/svi.py flags choosing the model, after --")
     args = p.parse_args(argv)
     _, experiment, run = parse(args.svi_flags)
-    data = experiment.load_data(run.dataset, DataDir(run.data_dir))
+    ctx = run_context(experiment, run).replace(seed=0)
+    data = experiment.load_data(ctx)
+    ctx = ctx.replace(config=experiment.model_config(ctx, data))
     pyro.set_rng_seed(0)
-    built = experiment.build(run.model_config, run.settings, data, run.guide, run.local)
-    batches = experiment.batches(data, run.batch_size or experiment.train_defaults(run.dataset).batch_size, 0)
-    schedule = experiment.schedule(run.settings, built)
+    built = experiment.build(ctx, data)
+    batches = experiment.batches(ctx, data)
+    schedule = experiment.schedule(ctx, built)
     params = parameters_of(built.modules)
     optimizer = make_optimizer(params, 1e-4)
     objectives = {precision: with_precision(built.objective, precision, "cpu") for precision in PRECISIONS}

@@ -1,6 +1,6 @@
 #!/usr/bin/env python
 """Reading CPC's LibriSpeech training windows in the training process against DataLoader workers
-(inference/prefetch.py): how long each step waits for its batch.
+(inference/training/prefetch.py): how long each step waits for its batch.
 
 Writes a synthetic train-clean-100 (``--utterances`` FLAC files of ``--seconds`` s at 16 kHz, a
 tone plus noise, which FLAC compresses less than speech) into a temporary directory, then reads

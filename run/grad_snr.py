@@ -77,9 +77,10 @@ def load(args):
     from pyro_models.vae.experiment import VAEExperiment
 
     experiment = VAEExperiment()
-    data = experiment.load_data(args.dataset, DataDir(args.data_dir))
+    ctx = experiment.context(dataset=args.dataset, guide=args.guide, data_dir=DataDir(args.data_dir))
+    data = experiment.load_data(ctx)
     pyro.set_rng_seed(args.seed)
-    built = experiment.build(experiment.config_cls(), experiment.settings_cls(), data, args.guide, False)
+    built = experiment.build(ctx.replace(config=experiment.model_config(ctx, data)), data)
     x = as_float(data.test[:args.batch_size])
     return (experiment.model_program(built), built.guide, built.model, x,
             f"freshly initialised VAE (seed {args.seed}), {args.guide} guide, {args.dataset}")

@@ -38,17 +38,21 @@ from guides import ConcreteBernoulli  # noqa: E402
 from inference import ElboObjective  # noqa: E402
 from inference.training.checkpoint import load_checkpoint  # noqa: E402
 from pyro_models.datasets import DataDir  # noqa: E402
-from pyro_models.lfm.experiment import Baselines, LFMExperiment, LFMSettings  # noqa: E402
+from pyro_models.lfm.baselines import Baselines  # noqa: E402
+from pyro_models.lfm.experiment import LFMExperiment, LFMSettings  # noqa: E402
 from pyro_models.lfm.model import LFMConfig  # noqa: E402
 
 
 def load_run(run: Path):
+    """The run's model and guide (from best.pt when it has one), with a neural baseline network
+    and no free nats: (experiment, its context, data, built, whether the run trained the baseline)."""
     config = json.loads((run / "config.json").read_text())
     experiment = LFMExperiment()
-    data = experiment.load_data("sigmorphon", DataDir(config["run"]["data_dir"]))
-    model_config = LFMConfig(**config["model_config"])
     settings = LFMSettings(**{**config["settings"], "baseline": "neural", "free_nats": 0.0})
-    built = experiment.build(model_config, settings, data, "bernoulli", local=False)
+    ctx = experiment.context(config=LFMConfig(**config["model_config"]), settings=settings, guide="bernoulli",
+                             data_dir=DataDir(config["run"]["data_dir"]), batch_size=config["train"]["batch_size"])
+    data = experiment.load_data(ctx)
+    built = experiment.build(ctx, data)
     if (run / "best.pt").exists():
         states = load_checkpoint(run / "best.pt")["modules"]
     else:
@@ -57,7 +61,7 @@ def load_run(run: Path):
     has_neural = any(key.startswith("site_infer.net.") for key in states["guide"])
     guide_state = {k: v for k, v in states["guide"].items() if has_neural or not k.startswith("site_infer.")}
     built.guide.load_state_dict(guide_state, strict=has_neural)
-    return experiment, built, settings, has_neural, config
+    return experiment, ctx, data, built, has_neural
 
 
 def guide_parameters(guide):
@@ -74,11 +78,11 @@ def draw_gradients(objective, params, batch, draws: int) -> torch.Tensor:
     return torch.stack(grads)
 
 
-def fit_neural_baseline(experiment, built, steps: int, batch_size: int, seed: int = 0):
+def fit_neural_baseline(experiment, ctx, data, built, steps: int):
     net = built.guide.site_infer.net
     optimizer = torch.optim.Adam(net.parameters(), lr=1e-3)
     objective = ElboObjective(TraceGraph_ELBO(), built.model.model, built.guide)
-    batches = experiment.batches(None, batch_size, seed)
+    batches = experiment.batches(ctx, data)
     for step in range(steps):
         optimizer.zero_grad()
         objective(batches(step))
@@ -106,15 +110,16 @@ def main(argv=None):
     run = Path(args.run)
     torch.set_num_threads(args.threads)
     pyro.clear_param_store()
-    experiment, built, settings, has_neural, config = load_run(run)
-    batch_size = args.batch_size or config["train"]["batch_size"]
-    words = experiment.data.dev
+    experiment, ctx, data, built, has_neural = load_run(run)
+    batch_size = args.batch_size or ctx.batch_size
+    ctx, settings = ctx.replace(batch_size=batch_size, seed=args.seed), ctx.settings
+    words = data.dev
     batch = words.batch(torch.arange(batch_size))
     built.model.eval()
     built.guide.eval()
     for p in built.model.parameters():
         p.requires_grad_(False)
-    fit_neural_baseline(experiment, built, args.fit_steps, batch_size, args.seed)
+    fit_neural_baseline(experiment, ctx, data, built, args.fit_steps)
     params = guide_parameters(built.guide)
     trained_net = built.guide.site_infer
     vocab_size, bits = built.model.config.vocab_size, built.model.config.latent_bits
@@ -125,7 +130,7 @@ def main(argv=None):
         built.guide.site_infer = trained_net if kind == "neural" else Baselines(kind, vocab_size, bits, settings.baseline_beta)
         objective = ElboObjective(TraceGraph_ELBO(), built.model.model, built.guide)
         if kind == "decaying":
-            batches = experiment.batches(None, batch_size, args.seed + 1)
+            batches = experiment.batches(ctx.replace(seed=args.seed + 1), data)
             for step in range(args.warmup):
                 objective(batches(step))
             built.guide.site_infer.beta = 1.0  # frozen from here on

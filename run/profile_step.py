@@ -23,9 +23,8 @@ import torch  # noqa: E402
 from torch.profiler import ProfilerActivity, profile  # noqa: E402
 
 from inference.training.loop import make_optimizer, parameters_of  # noqa: E402
-from lvm_app.cli import parse, resolve  # noqa: E402
-from lvm_app.config_flags import dataclass_from_args  # noqa: E402
-from pyro_models.datasets import DataDir  # noqa: E402
+from lvm_app.cli import parse  # noqa: E402
+from lvm_app.training_run import run_context  # noqa: E402
 
 MATRIX_OPS = {"aten::mm", "aten::addmm", "aten::bmm", "aten::baddbmm", "aten::convolution_backward",
               "aten::mkldnn_convolution", "aten::_convolution", "aten::_nnpack_spatial_convolution"}
@@ -37,15 +36,15 @@ def main(argv=None) -> int:
     own.add_argument("--warmup-steps", type=int, default=5)
     ours, rest = own.parse_known_args(argv)
     _, experiment, args = parse(rest)
-    data = experiment.load_data(args.dataset, DataDir(args.data_dir))
-    train = resolve(experiment, args, data)
-    settings = dataclass_from_args(experiment.settings_cls, args)
+    ctx = run_context(experiment, args)
+    data = experiment.load_data(ctx)
+    ctx = ctx.replace(config=experiment.model_config(ctx, data))
     pyro.set_rng_seed(args.seed)
-    built = experiment.build(dataclass_from_args(experiment.config_cls, args), settings, data, args.guide, args.local)
-    batch_for_step = experiment.batches(data, train["batch_size"], args.seed)
-    schedule = experiment.schedule(settings, built) or (lambda step: {})
+    built = experiment.build(ctx, data)
+    batch_for_step = experiment.batches(ctx, data)
+    schedule = experiment.schedule(ctx, built) or (lambda step: {})
     params = parameters_of(built.modules)
-    optimizer = make_optimizer(params, train["lr"])
+    optimizer = make_optimizer(params, ctx.lr)
 
     def step(i):
         optimizer.zero_grad(set_to_none=True)
@@ -66,7 +65,7 @@ def main(argv=None) -> int:
             by_name[event.key] += event.self_cpu_time_total / 1e3 / n
     matrix = sum(t for name, t in by_name.items() if name in MATRIX_OPS)
     other = sum(t for name, t in by_name.items() if name not in MATRIX_OPS)
-    print(f"{args.model} on {args.dataset}, batch {train['batch_size']}, {torch.get_num_threads()} threads: "
+    print(f"{args.model} on {args.dataset}, batch {ctx.batch_size}, {torch.get_num_threads()} threads: "
           f"{wall:.1f} ms per step (profiled; the profiler adds a little)")
     print(f"  matrix products      {matrix:8.1f} ms  {100 * matrix / wall:5.1f}%")
     print(f"  other tensor ops     {other:8.1f} ms  {100 * other / wall:5.1f}%")

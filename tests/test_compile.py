@@ -9,16 +9,13 @@ from inference import ElboObjective
 from pyro_models.compile.data import SequenceSpec, generate, heldout_batch, seeded_generator, training_batches
 from pyro_models.compile.experiment import discrete_test_nll
 from pyro_models.compile.guide import CompILEGuide
+from pyro_models.compile.metrics import boundary_counts, f1_score, reconstruct, reconstruction_accuracy
 from pyro_models.compile.model import (
     CompILE,
     CompILEConfig,
     RelaxedCategoricalWithDiscreteKL,
-    boundary_counts,
     boundary_prior_logits,
-    f1_score,
     poisson_length_table,
-    reconstruct,
-    reconstruction_accuracy,
     transition_support,
 )
 

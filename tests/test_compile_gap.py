@@ -10,9 +10,10 @@ import torch
 from pyro import poutine
 from torch import nn
 
-from inference.gap.estimates import GapOptions, summarise
+from inference import GapSettings, LocalOptSettings
+from inference.gap.estimates import summarise
 from pyro_models.compile.data import SequenceSpec, generate, heldout_batch, seeded_generator, training_batches
-from pyro_models.compile.experiment import CompILEExperiment, ToySequences
+from pyro_models.compile.experiment import CompILEExperiment
 from pyro_models.compile.gap import (
     compile_gap_estimates,
     configuration_log_prior,
@@ -119,7 +120,7 @@ def test_concrete_codes_are_exact():
     model, guide = tiny("concrete")
     tokens, lengths = sequences(3)
     pyro.set_rng_seed(0)
-    est = compile_gap_estimates(model, guide, tokens, lengths, GapOptions())
+    est = compile_gap_estimates(model, guide, tokens, lengths, GapSettings())
     assert torch.allclose(est.log_px.value, brute_force_log_px(model, tokens, lengths), atol=2e-4, rtol=0)
     assert est.log_px.mc_var.eq(0).all() and est.elbo_amortised.mc_var.eq(0).all()
     assert torch.equal(est.elbo_local.value, est.log_px.value) and est.elbo_local.mc_var.eq(0).all()
@@ -152,7 +153,7 @@ def test_gaussian_codes_bounds_in_order_and_agree_with_independent_paths():
     model, guide = tiny("gaussian", latent_dim=2)
     tokens, lengths = sequences(4)
     pyro.set_rng_seed(0)
-    options = GapOptions(elbo_samples=2000, is_k=20000, local_steps=400, local_lr=2e-2, local_particles=10)
+    options = GapSettings(elbo_samples=2000, is_k=20000, local=LocalOptSettings(max_steps=400, lr=2e-2, num_particles=10))
     est = compile_gap_estimates(model, guide, tokens, lengths, options)
     p, star, q = est.log_px, est.elbo_local, est.elbo_amortised
     for var in (p.mc_var, star.mc_var, q.mc_var):
@@ -170,24 +171,24 @@ def test_gaussian_codes_bounds_in_order_and_agree_with_independent_paths():
 
 def test_evaluation_points_and_the_experiment_hook():
     experiment = CompILEExperiment()
-    data = ToySequences()
     config = CompILEConfig(hidden_dim=8, latent_dim=3, latent_dist="concrete")
-    settings = experiment.settings_cls(eval_batch_size=40)
-    built = experiment.build(config, settings, data, "compile", False)
-    test = experiment.evaluation_points(data, 6, "test")
+    ctx = experiment.context(config=config, settings=experiment.settings_cls(eval_batch_size=40))
+    data = experiment.load_data(ctx)
+    built = experiment.build(ctx, data)
+    test = experiment.evaluation_points(ctx, data, 6, "test")
     assert torch.equal(test["tokens"], heldout_batch(SPEC, 40).tokens[:6])
     assert torch.equal(test["lengths"], heldout_batch(SPEC, 40).lengths[:6])
-    train = experiment.evaluation_points(data, 6, "train")  # no run seen: seed 0, default batch size
+    train = experiment.evaluation_points(ctx, data, 6, "train")  # the default run: seed 0, batch size 512
     assert torch.equal(train["tokens"], training_batches(SPEC, 512, 0)(0)["tokens"][:6])
-    experiment.batches(data, 4, seed=3)  # the run's settings once it has asked for batches
-    train = experiment.evaluation_points(data, 6, "train")
+    ctx = ctx.replace(batch_size=4, seed=3)  # the sequences another run trained on
+    train = experiment.evaluation_points(ctx, data, 6, "train")
     first = training_batches(SPEC, 4, 3)
     assert torch.equal(train["tokens"], torch.cat([first(0)["tokens"], first(1)["tokens"][:2]]))
     assert torch.equal(train["lengths"], torch.cat([first(0)["lengths"], first(1)["lengths"][:2]]))
-    assert torch.equal(experiment.evaluation_points(data, 6, "train")["tokens"], train["tokens"])
+    assert torch.equal(experiment.evaluation_points(ctx, data, 6, "train")["tokens"], train["tokens"])
     with pytest.raises(ValueError):
-        experiment.evaluation_points(data, 6, "validation")
-    est = experiment.gap_estimates(built, train, GapOptions())
+        experiment.evaluation_points(ctx, data, 6, "validation")
+    est = experiment.gap_estimates(ctx, built, train, GapSettings())
     assert est.log_px.value.shape == (6,) and est.elbo_local is not None and est.iwae is None
     assert est.details["configurations_per_sequence_max"] <= 67
     assert (est.elbo_amortised.value <= est.log_px.value).all()

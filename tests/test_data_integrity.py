@@ -11,7 +11,7 @@ from helpers import run_cli, write_fake_fashion_mnist
 from speech_fixtures import write_tiny_fsdd
 
 from pyro_models.cpc.data import FSDD_LABELS, FSDD_PHONES, load_fsdd
-from pyro_models.cpc.fsdd_checksums import recording_sums
+from pyro_models.cpc.fsdd_sums import recording_sums
 from pyro_models.datasets import DataDir, DataError
 from pyro_models.datasets import fashion_mnist as fm
 from pyro_models.datasets.files import md5_of

@@ -81,10 +81,10 @@ def test_mfcvae_fits_its_schedule_to_the_run(steps):
     """Every facet fades in within the run, whatever its length; the defaults are never stretched."""
     experiment = EXPERIMENTS["mfcvae"]
     for dims in [(5, 5), (5, 5, 5)]:
-        fitted = experiment.fit_to_length(MFCVAEConfig(latent_dims=dims), MFCVAESettings(), "digits", steps, set())
+        fitted = experiment.fit_to_length(experiment.context(config=MFCVAEConfig(latent_dims=dims)), steps, set())
         assert (len(dims) - 1) * fitted.phase_steps + fitted.fade_in_steps <= max(steps, len(dims))
         assert fitted.phase_steps <= BUDGETS["digits"].phase_steps
-    fitted = experiment.fit_to_length(MFCVAEConfig(), MFCVAESettings(), "digits", 3000, set())
+    fitted = experiment.fit_to_length(experiment.context(), 3000, set())
     assert (fitted.phase_steps, fitted.fade_in_steps) == (1000, 1000)
 
 

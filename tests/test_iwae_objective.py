@@ -184,10 +184,11 @@ def test_subsampling_factors_stay_out_of_the_weights():
 def runner_setup(init_seed=0, gradient="dreg"):
     experiment = EXPERIMENTS["linear_gaussian"]
     data = load_simulated()
+    ctx = experiment.context(data, guide="ffg", batch_size=32)
     pyro.set_rng_seed(init_seed)
-    built = experiment.build(experiment.config_cls(), experiment.settings_cls(), data, "ffg", False)
+    built = experiment.build(ctx, data)
     objective = IwaeObjective(built.model.model, built.guide, 5, gradient=gradient)
-    return built, objective, experiment.batches(data, 32, seed=0)
+    return built, objective, experiment.batches(ctx, data)
 
 
 def test_the_runner_trains_with_it_and_resumes_exactly(tmp_path):

@@ -32,15 +32,20 @@ def tiny_data():
     return SigmorphonData(vocab, words, encode_words(WORDS[:6], vocab, 30), encode_words(WORDS[6:12], vocab, 30), 30)
 
 
-def build(settings: LFMSettings, guide="bernoulli", bits=4, init_seed=0):
-    """A tiny LFM run built the way the CLI builds it (the CLI clears the param store first)."""
-    experiment = LFMExperiment()
-    experiment.data = tiny_data()
-    pyro.clear_param_store()
-    pyro.set_rng_seed(init_seed)
-    config = LFMConfig(embedding_dim=8, hidden_dim=8, latent_bits=bits, dropout=0.1)
-    built = experiment.build(config, settings, None, guide, False)
-    return experiment, built
+class TinyRun:
+    """A tiny LFM run built the way the CLI builds it (the CLI clears the param store first):
+    batches of 4 words, seed 0."""
+
+    def __init__(self, settings: LFMSettings, guide="bernoulli", bits=4, init_seed=0):
+        self.experiment, self.data = LFMExperiment(), tiny_data()
+        config = LFMConfig(embedding_dim=8, hidden_dim=8, latent_bits=bits, dropout=0.1)
+        self.ctx = self.experiment.context(self.data, config=config, settings=settings, guide=guide, batch_size=4)
+        pyro.clear_param_store()
+        pyro.set_rng_seed(init_seed)
+        self.built = self.experiment.build(self.ctx, self.data)
+
+    def batches(self):
+        return self.experiment.batches(self.ctx, self.data)
 
 
 def run_settings(steps):
@@ -55,9 +60,10 @@ def states_equal(a: dict, b: dict) -> bool:
 
 def test_resume_is_bit_exact_with_the_decaying_baseline(tmp_path):
     settings = LFMSettings(baseline="decaying", baseline_beta=0.5, threads=0)
-    experiment, built = build(settings)
+    run = TinyRun(settings)
+    built = run.built
     assert "param_store" in built.modules
-    train(built.objective, built.modules, experiment.batches(None, 4, 0), run_settings(8), tmp_path / "straight")
+    train(built.objective, built.modules, run.batches(), run_settings(8), tmp_path / "straight")
     straight = load_checkpoint(tmp_path / "straight" / "checkpoint.pt")
     average = straight["modules"]["param_store"]["_extra_state"][BASELINE_AVG]
     assert average.shape == (4,) and (average != 0).all()  # the running average is in the checkpoint
@@ -67,12 +73,14 @@ def test_resume_is_bit_exact_with_the_decaying_baseline(tmp_path):
             signal.raise_signal(signal.SIGINT)
         return {}
 
-    experiment, built = build(settings)
+    run = TinyRun(settings)
+    built = run.built
     with pytest.raises(TrainingInterrupted, match="after step 3"):
-        train(built.objective, built.modules, experiment.batches(None, 4, 0), run_settings(8), tmp_path / "resumed",
+        train(built.objective, built.modules, run.batches(), run_settings(8), tmp_path / "resumed",
               on_log=interrupt_at_step_3)
-    experiment, built = build(settings, init_seed=123)  # fresh param store, other initial values and RNG
-    train(built.objective, built.modules, experiment.batches(None, 4, 0), run_settings(8), tmp_path / "resumed",
+    run = TinyRun(settings, init_seed=123)
+    built = run.built  # fresh param store, other initial values and RNG
+    train(built.objective, built.modules, run.batches(), run_settings(8), tmp_path / "resumed",
           resume=True)
     resumed = load_checkpoint(tmp_path / "resumed" / "checkpoint.pt")
     for name in straight["modules"]:
@@ -81,15 +89,17 @@ def test_resume_is_bit_exact_with_the_decaying_baseline(tmp_path):
     assert [r["loss"] for r in read_metrics(tmp_path / "resumed" / "metrics.csv")] == losses
 
     # the test has power: without the param-store entries in the checkpoint the resumed run differs
-    experiment, built = build(settings)
+    run = TinyRun(settings)
+    built = run.built
     with pytest.raises(TrainingInterrupted):
-        train(built.objective, built.modules, experiment.batches(None, 4, 0), run_settings(8), tmp_path / "lost",
+        train(built.objective, built.modules, run.batches(), run_settings(8), tmp_path / "lost",
               on_log=interrupt_at_step_3)
-    experiment, built = build(settings, init_seed=123)
+    run = TinyRun(settings, init_seed=123)
+    built = run.built
     state = load_checkpoint(tmp_path / "lost" / "checkpoint.pt")
     state["modules"]["param_store"]["_extra_state"] = {}
     torch.save(state, tmp_path / "lost" / "checkpoint.pt")
-    train(built.objective, built.modules, experiment.batches(None, 4, 0), run_settings(8), tmp_path / "lost", resume=True)
+    train(built.objective, built.modules, run.batches(), run_settings(8), tmp_path / "lost", resume=True)
     assert [r["loss"] for r in read_metrics(tmp_path / "lost" / "metrics.csv")][3:] != losses[3:]
 
 
@@ -153,16 +163,17 @@ def test_evaluation_reports_the_true_elbo_and_log_px_whatever_the_training_optio
     no word dropout, KL weight 1, no free nats, dropout off."""
     settings = LFMSettings(free_nats=100.0, word_dropout=0.7, kl_warmup_steps=50, importance_samples=3000,
                            early_stopping=0, threads=0)
-    experiment, built = build(settings, bits=4)
+    run = TinyRun(settings, bits=4)
+    built = run.built
     with torch.enable_grad():
-        train(built.objective, built.modules, experiment.batches(None, 4, 0), run_settings(3), tmp_path,
-              schedule=experiment.schedule(settings, built))
+        train(built.objective, built.modules, run.batches(), run_settings(3), tmp_path,
+              schedule=run.experiment.schedule(run.ctx, built))
     with torch.no_grad():
         torch.nn.init.normal_(built.guide.source.head.weight, std=2.5)  # a KL far from 0
     for module in built.modules.values():
         module.eval()
-    summary = experiment.evaluate(built, None, settings, tmp_path, progress=False)
-    test = experiment.data.test
+    summary = run.experiment.evaluate(run.ctx, built, run.data, tmp_path, progress=False)
+    test = run.data.test
     exact = exact_terms(built.model, built.guide, test)
     assert exact["kl"].mean() > 0.3
     assert summary["test_kl"] == pytest.approx(exact["kl"].mean().item(), abs=1e-5)

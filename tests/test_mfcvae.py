@@ -154,14 +154,22 @@ def test_two_steps_write_every_plot(tmp_path):
     assert summary["best_acc"] == max(summary["facet0_acc"], summary["facet1_acc"])
 
 
+def fresh_run(data, config, settings, guide="ffg", batch_size=16):
+    """An MFCVAE run as the command line starts it: built, then initialised (the GMM over the clusters)."""
+    experiment = MFCVAEExperiment()
+    ctx = experiment.context(data, config=config, settings=settings, guide=guide, batch_size=batch_size)
+    built = experiment.build(ctx, data)
+    experiment.initialise(ctx, built, data)
+    return experiment, ctx, built
+
+
 @pytest.mark.parametrize("guide", ["planar", "realnvp", "auxflow"])
 def test_other_guide_families_train_on_the_facets(guide, tmp_path, fresh_pyro):
-    experiment = MFCVAEExperiment()
     data = load_digits_binarised()
     config = MFCVAEConfig(encoder_backbone=(32, 16), decoder_rungs=(16, 16), decoder_backbone=(16, 16))
-    built = experiment.build(config, MFCVAESettings(gmm_init_points=100), data, guide, local=False)
-    batch = experiment.batches(data, 16, seed=0)(0)
-    loss = built.objective(batch, **experiment.schedule(MFCVAESettings(), built)(0))
+    experiment, ctx, built = fresh_run(data, config, MFCVAESettings(gmm_init_points=100), guide)
+    batch = experiment.batches(ctx, data)(0)
+    loss = built.objective(batch, **experiment.schedule(ctx, built)(0))
     assert np.isfinite(float(loss))
     assert [a.shape for a in experiment.assignments(built, data.test[:5])] == [(5,), (5,)]
 
@@ -176,9 +184,8 @@ def test_convolutional_ladder_on_colour_images(fresh_pyro):
     data = VectorData("tiny", train=images[:16], valid=None, test=images[16:], image_shape=(3, 32, 32),
                       train_labels=labels[:16], test_labels=labels[16:])
     config = MFCVAEConfig(architecture="conv", likelihood="gaussian", clusters=(3, 3))
-    experiment = MFCVAEExperiment()
-    built = experiment.build(config, MFCVAESettings(gmm_init_points=16), data, "ffg", local=False)
-    loss = built.objective(experiment.batches(data, 8, seed=0)(0), **experiment.schedule(MFCVAESettings(), built)(5000))
+    experiment, ctx, built = fresh_run(data, config, MFCVAESettings(gmm_init_points=16), batch_size=8)
+    loss = built.objective(experiment.batches(ctx, data)(0), **experiment.schedule(ctx, built)(5000))
     assert np.isfinite(float(loss))
     summary = experiment.clustering_summary(built, data.test, data.test_labels, None)
     assert 0 < summary["best_acc"] <= 1 and summary["facet0_clusters_used"] >= 1
@@ -187,8 +194,8 @@ def test_convolutional_ladder_on_colour_images(fresh_pyro):
 def test_factor_labels_score_each_facet_on_its_best_factor(fresh_pyro):
     """3DShapes-style labels (one column per factor): per-factor scores, and facet{j}_acc names the best."""
     data = load_digits_binarised()
-    built = MFCVAEExperiment().build(MFCVAEConfig(encoder_backbone=(32, 16), decoder_rungs=(16, 16), decoder_backbone=(16, 16)),
-                                     MFCVAESettings(gmm_init_points=200), data, "ffg", local=False)
+    config = MFCVAEConfig(encoder_backbone=(32, 16), decoder_rungs=(16, 16), decoder_backbone=(16, 16))
+    _, _, built = fresh_run(data, config, MFCVAESettings(gmm_init_points=200))
     built.info["label_names"] = ["digit", "constant"]
     labels = torch.stack([data.test_labels, torch.zeros_like(data.test_labels)], dim=1)
     summary = MFCVAEExperiment().clustering_summary(built, data.test, labels, None)

@@ -25,7 +25,7 @@ def test_every_default_passes_its_own_validation():
     for experiment in EXPERIMENTS.values():
         for cls in (experiment.config_cls, experiment.settings_cls):
             check_settings(cls())
-        experiment.validate(experiment.config_cls(), experiment.settings_cls(), experiment.default_dataset)
+        experiment.validate(experiment.context())
 
 
 @pytest.mark.parametrize("flags", [

@@ -1,4 +1,4 @@
-"""--precision bf16 (inference/precision.py): the network layers run in bfloat16 during training,
+"""--precision bf16 (inference/training/precision.py): the network layers run in bfloat16 during training,
 while every log-density, loss and evaluation stays float32; fp32 changes nothing; models where
 bf16 was not measured to be safe are refused; a resume keeps the run's precision."""
 import json
@@ -214,7 +214,7 @@ def test_bf16_vae_on_binarized_mnist_trains_as_fp32_and_evaluates_in_float32(dat
 
 @pytest.mark.parametrize("model", ["lfm", "compile"])
 def test_bf16_is_refused_for_models_where_it_was_not_shown_safe(model, tmp_path):
-    assert not EXPERIMENTS[model].supports_bf16
+    assert EXPERIMENTS[model].bf16_refusal is not None
     # a data directory that does not exist: the refusal comes before any data are read
     result = run_cli("--model", model, "--precision", "bf16", "--data-dir", tmp_path / "nowhere", "--out",
                      tmp_path / "run")
@@ -230,7 +230,7 @@ def test_an_unknown_precision_is_bad_usage(tmp_path):
 
 
 def test_every_supported_model_is_a_measured_one():
-    assert {name for name, e in EXPERIMENTS.items() if e.supports_bf16} == {"vae", "linear_gaussian", "mfcvae", "cpc"}
+    assert {name for name, e in EXPERIMENTS.items() if e.bf16_refusal is None} == {"vae", "linear_gaussian", "mfcvae", "cpc"}
 
 
 RESUME_ARGV = ["--model", "vae", "--log-every", "3", "--checkpoint-every", "3", *SMALL_EVAL, "--no-progress"]

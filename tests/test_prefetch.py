@@ -1,4 +1,4 @@
-"""Training windows read by DataLoader worker processes (inference/prefetch.py) and by rows of the
+"""Training windows read by DataLoader worker processes (inference/training/prefetch.py) and by rows of the
 global batch (WindowBatches(step, rows)), on a tiny LibriSpeech written here: the same batches as
 reading them in the training process, from any step, and failures that say what is wrong."""
 import multiprocessing
@@ -223,17 +223,17 @@ def test_no_worker_outlives_its_process_after_an_exception(tmp_path):
 
 def test_cpc_reads_with_data_workers_and_refuses_a_negative_count(corpus, capsys):
     experiment = CPCExperiment()
-    experiment.dataset = "librispeech100"
     config = CPCConfig(width=8, context_dim=8, prediction_steps=4)
-    experiment.build(config, CPCSettings(window=WINDOW, data_workers=2, threads=0), corpus, None, False)
-    prefetched = experiment.batches(corpus, BATCH, seed=3)
+    ctx = experiment.context(dataset="librispeech100", config=config, batch_size=BATCH, seed=3,
+                             settings=CPCSettings(window=WINDOW, data_workers=2, threads=0))
+    prefetched = experiment.batches(ctx, corpus)
     try:
         assert isinstance(prefetched, PrefetchedBatches) and prefetched.workers == 2
         assert_same(prefetched(4), windows(corpus)(4))
     finally:
         prefetched.close()
-    experiment.build(config, CPCSettings(window=WINDOW, threads=0), corpus, None, False)
-    assert isinstance(experiment.batches(corpus, BATCH, seed=3), WindowBatches)  # the default: no workers
+    ctx = ctx.replace(settings=CPCSettings(window=WINDOW, threads=0))
+    assert isinstance(experiment.batches(ctx, corpus), WindowBatches)  # the default: no workers
     with pytest.raises(SystemExit) as caught:
         parse(["--model", "cpc", "--data-workers", "-1"])
     assert caught.value.code == 2

@@ -50,8 +50,8 @@ def terminate_at(monkeypatch, model: str, step: int) -> None:
     experiment = EXPERIMENTS[model]
     original = experiment.batches
 
-    def batches(data, batch_size, seed):
-        batch_for_step = original(data, batch_size, seed)
+    def batches(ctx, data):
+        batch_for_step = original(ctx, data)
 
         def batch(s):
             if s == step:

@@ -17,9 +17,10 @@ def setup(init_seed=0):
     """A small linear-Gaussian run built the way the CLI builds it (data order seeded by 0)."""
     experiment = EXPERIMENTS["linear_gaussian"]
     data = load_simulated()
+    ctx = experiment.context(data, guide="ffg", batch_size=32)
     pyro.set_rng_seed(init_seed)
-    built = experiment.build(experiment.config_cls(), experiment.settings_cls(), data, "ffg", False)
-    return built, experiment.batches(data, 32, seed=0)
+    built = experiment.build(ctx, data)
+    return built, experiment.batches(ctx, data)
 
 
 def settings(steps, **kw):

@@ -9,10 +9,10 @@ error of a mean over N points is sqrt(sum_i var_i) / N; the three estimates use 
 random draws, so the variance of a per-point gap is the sum of its two terms' variances. The
 spread over points (which points were drawn) is a different error and is reported separately.
 
-A model whose latents are not all continuous provides its own estimates through
-``Experiment.gap_estimates(built, points, options) -> GapEstimates`` (e.g. by enumerating a
-discrete latent space); the continuous models use AIS and local optimisation
-(inference/gap_report.py). inference/gap_checks.py checks a report against itself.
+A model whose latents are not all continuous provides its own estimates (a ``GapEstimates``, e.g.
+by enumerating a discrete latent space: pyro_models/lfm/gap.py, pyro_models/compile/gap.py); the
+continuous models use AIS and local optimisation (inference/gap/report.py). inference/gap/checks.py
+checks a report against itself.
 """
 import math
 from dataclasses import dataclass, field
@@ -51,19 +51,6 @@ class Estimate:
 
     def point_se(self) -> float:
         return point_se(self.value)
-
-
-@dataclass
-class GapOptions:
-    """What run/gap.py's flags ask of a model's own estimator (each may ignore what it cannot use)."""
-
-    elbo_samples: int = 1000  # samples per point for L[q] and L[q*] where they are Monte Carlo
-    iwae_k: int = 5000  # samples of the amortised guide for IWAE-K
-    is_k: int = 100000  # importance samples for log p(x) where it is estimated by sampling
-    local_steps: int = 3000  # maximum optimiser steps for q*
-    local_lr: float = 1e-2
-    local_particles: int = 10  # samples per step where q* is fitted by stochastic gradients
-    progress: bool = False
 
 
 @dataclass

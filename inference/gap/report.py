@@ -13,7 +13,7 @@ sites, inside a plate named "data" over the points (the first dimension of every
 simulated data and re-run with twice the steps on a few points); L[q] and IWAE-K come from the
 guide; L[q*] from a local guide of the same family optimised per point, which needs a guide from
 ``guides.build_guide`` (with any other guide the report says why it skips q*). The report then
-checks itself (inference/gap_checks.py): failed checks are listed in ``report["checks"]``, set
+checks itself (inference/gap/checks.py): failed checks are listed in ``report["checks"]``, set
 ``report["converged"]`` to False and are raised as ``GapCheckWarning``s; the numbers stay.
 
 A semi-amortised guide (``guides.RefinedGuide``) is refined once per point: L[q] and IWAE-K are
@@ -47,11 +47,16 @@ class GapCheckWarning(UserWarning):
 
 @dataclass
 class GapSettings:
+    """How a gap report estimates each quantity: the one settings type of every gap estimator (the
+    continuous models' here, and a model's own, which reads what applies to it: CompILE's reads
+    ``elbo_samples``, ``is_k`` and ``local``; the LFM's, which enumerates, ``local.max_steps``)."""
+
     ais: AISSettings = field(default_factory=AISSettings)
     convergence_points: int = 25  # AIS again with twice the steps on this many points (0: skip)
     bdmc_points: int = 100  # points simulated from the model for the BDMC bracket (0: skip)
     iwae_k: int = 5000  # samples of the guide for IWAE-K
     elbo_samples: int = 1000  # samples per point for L[q] and L[q*]
+    is_k: int = 100000  # importance samples for log p(x) where a model's own estimator samples it
     local: LocalOptSettings = field(default_factory=LocalOptSettings)  # how q* is fitted
     tolerance: float = 0.1  # nats: what the doubled-AIS check and the BDMC bracket may move or leave
 

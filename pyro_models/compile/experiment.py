@@ -25,23 +25,16 @@ import torch
 from pyro.infer import Trace_ELBO, TraceMeanField_ELBO
 from tqdm.auto import tqdm
 
-from inference import ElboObjective
-from inference.gap.estimates import GapEstimates, GapOptions
+from inference import ElboObjective, GapEstimates, GapSettings
 from inference.training.metrics_log import read_metrics
-from pyro_models.experiment_kit import plots
-from pyro_models.experiment_kit.protocol import Built, Experiment, TrainDefaults, set_threads, setting
 from pyro_models.compile.data import SequenceSpec, heldout_batch, training_batches
 from pyro_models.compile.gap import compile_gap_estimates
 from pyro_models.compile.guide import CompILEGuide
-from pyro_models.compile.model import (
-    CompILE,
-    CompILEConfig,
-    boundary_counts,
-    f1_score,
-    reconstruct,
-    reconstruction_accuracy,
-)
+from pyro_models.compile.metrics import boundary_counts, f1_score, reconstruct, reconstruction_accuracy
+from pyro_models.compile.model import CompILE, CompILEConfig
 from pyro_models.core import AT_LEAST_ONE, device_of
+from pyro_models.experiment_kit import plots
+from pyro_models.experiment_kit.protocol import Built, Experiment, RunContext, TrainDefaults, set_threads, setting
 
 TARGET_ACCURACY = 0.99
 
@@ -59,22 +52,12 @@ class CompILESettings:
 
 
 class ToySequences:
-    """Generated data: the generator's settings come from the model config (``configure``), the
-    held-out batch's size from the settings; ``train_seed``/``train_batch_size`` are the run's once
-    ``CompILEExperiment.batches`` was called (else seed 0 and the default batch size)."""
+    """A run's generated data: the generator's settings (from the model config) and the held-out
+    batches of each size, made once when first asked for."""
 
-    def __init__(self):
-        self.spec = None
+    def __init__(self, spec: SequenceSpec):
+        self.spec = spec
         self._heldout = {}
-        self.eval_batch_size = CompILESettings().eval_batch_size
-        self.train_seed = 0
-        self.train_batch_size = None
-
-    def configure(self, config: CompILEConfig, eval_batch_size: int | None = None) -> None:
-        self.spec = SequenceSpec(config.num_symbols, config.num_segments, config.max_segment_length)
-        self._heldout = {}
-        if eval_batch_size is not None:
-            self.eval_batch_size = eval_batch_size
 
     def heldout(self, size: int):
         if size not in self._heldout:
@@ -123,42 +106,40 @@ class CompILEExperiment(Experiment):
     settings_cls = CompILESettings
     datasets = ("toy",)
     default_dataset = "toy"
-    bf16_note = ("its relaxed (Gumbel-softmax) segmentation drifts from the float32 run (training losses 4 percent "
-                 "apart after 300 steps) for 7 percent more speed")
+    bf16_refusal = ("its relaxed (Gumbel-softmax) segmentation drifts from the float32 run (training losses 4 percent "
+                    "apart after 300 steps) for 7 percent more speed")
     guides = ("compile",)
     default_guide = "compile"
     guide_note = ("its boundaries b_i are positions that depend on each other and on the codes: it brings its own "
                   "structured guide (compile: q(b_1|x) q(z_1|b_1,x) q(b_2|b_1,x) ...), the paper's")
     supports_local_guide = False
-    supports_gap_report = True
-    own_gap_estimator = True
 
     def train_defaults(self, dataset):
         return TrainDefaults(steps=100, batch_size=512, lr=1e-2, log_every=5, checkpoint_every=50)
 
-    def load_data(self, dataset, data_dir):
-        return ToySequences()
+    def load_data(self, ctx: RunContext):
+        config = ctx.config
+        return ToySequences(SequenceSpec(config.num_symbols, config.num_segments, config.max_segment_length))
 
-    def build(self, config, settings, data, guide, local):
-        set_threads(settings.threads)
-        data.configure(config, settings.eval_batch_size)
-        model, q = CompILE(config), CompILEGuide(config)
-        elbo = TraceMeanField_ELBO() if settings.kl == "analytic" else Trace_ELBO()
+    def build(self, ctx: RunContext, data):
+        set_threads(ctx.settings.threads)
+        model, q = CompILE(ctx.config), CompILEGuide(ctx.config)
+        elbo = TraceMeanField_ELBO() if ctx.settings.kl == "analytic" else Trace_ELBO()
         objective = ElboObjective(elbo, model.model, q.guide)
         return Built(model=model, guide=q, objective=objective, modules={"model": model, "guide": q})
 
-    def batches(self, data, batch_size, seed):
-        data.train_seed, data.train_batch_size = seed, batch_size
-        return training_batches(data.spec, batch_size, seed)
+    def batches(self, ctx: RunContext, data):
+        return training_batches(data.spec, ctx.batch_size, ctx.seed)
 
-    def steps_per_epoch(self, data, batch_size):
+    def steps_per_epoch(self, ctx: RunContext, data):
         return 1  # fresh sequences every step: an "epoch" is one batch
 
-    def schedule(self, settings, built):
+    def schedule(self, ctx: RunContext, built):
         scales = {"latent_scales": built.model.config.kl_weights()}
         return lambda step: scales
 
-    def on_log(self, built, data, settings):
+    def on_log(self, ctx: RunContext, built, data):
+        settings = ctx.settings
         batch = data.heldout(settings.eval_batch_size)
         calls = [0]
 
@@ -172,7 +153,8 @@ class CompILEExperiment(Experiment):
 
         return log
 
-    def evaluate(self, built, data, settings, out_dir, progress):
+    def evaluate(self, ctx: RunContext, built, data, out_dir, progress, parallel=None):
+        settings = ctx.settings
         batch = data.heldout(settings.eval_batch_size)
         scores = segmentation_scores(built.model, built.guide, batch)
         reached = None
@@ -192,26 +174,24 @@ class CompILEExperiment(Experiment):
             "kl": settings.kl,
         }
 
-    def max_evaluation_points(self, data) -> int:
+    def max_evaluation_points(self, ctx: RunContext, data) -> int:
         """The toy task's distinct sequences (orders of distinct symbols x segment lengths): more
         points would repeat sequences, and the report's memory grows with the points."""
         spec = data.spec
         return math.perm(spec.num_symbols, spec.num_segments) * spec.max_segment_length ** spec.num_segments
 
-    def evaluation_points(self, data, num_points: int, split: str = "train") -> dict:
+    def evaluation_points(self, ctx: RunContext, data, num_points: int, split: str = "train") -> dict:
         """The sequences of a gap report, deterministically. ``test``: the first ``num_points`` of the
         held-out batch the metrics use (a held-out batch of ``num_points`` from the same stream if
         that is larger). ``train``: the first ``num_points`` sequences the run trained on, from step
-        0 on (the run's seed and batch size when ``batches`` was called, else seed 0 and the
-        default batch size; the toy task has only 3840 distinct sequences, so most held-out ones
-        were also seen in training)."""
+        0 on (the run's seed and batch size; the toy task has only 3840 distinct sequences, so most
+        held-out ones were also seen in training)."""
         if split == "test":
-            batch = data.heldout(max(num_points, data.eval_batch_size))
+            batch = data.heldout(max(num_points, ctx.settings.eval_batch_size))
             return {"tokens": batch.tokens[:num_points], "lengths": batch.lengths[:num_points]}
         if split != "train":
             raise ValueError(f"unknown split {split!r}; choose from: train, test")
-        batch_size = data.train_batch_size or self.train_defaults(self.default_dataset).batch_size
-        batch_for_step = training_batches(data.spec, batch_size, data.train_seed)
+        batch_for_step = training_batches(data.spec, ctx.batch_size, ctx.seed)
         tokens, lengths, step = [], [], 0
         while sum(len(x) for x in lengths) < num_points:
             batch = batch_for_step(step)
@@ -220,12 +200,13 @@ class CompILEExperiment(Experiment):
             step += 1
         return {"tokens": torch.cat(tokens)[:num_points], "lengths": torch.cat(lengths)[:num_points]}
 
-    def gap_estimates(self, built, points: dict, options: GapOptions) -> GapEstimates:
+    def gap_estimates(self, ctx: RunContext, built, points: dict, settings: GapSettings,
+                      progress: bool = False) -> GapEstimates:
         """log p(x), L[q], L[q*] of the discrete model (``relaxed=False``), exact sums over the
         boundary configurations (pyro_models/compile/gap.py)."""
-        return compile_gap_estimates(built.model, built.guide, points["tokens"], points["lengths"], options)
+        return compile_gap_estimates(built.model, built.guide, points["tokens"], points["lengths"], settings, progress)
 
-    def plot(self, built, data, out_dir):
+    def plot(self, ctx: RunContext, built, data, out_dir, summary):
         metrics = out_dir / "metrics.csv"
         return [plots.training_curve(metrics, out_dir / "training_curve.png",
                                      ylabel="training loss per sequence (rec + 0.1 KL)"),

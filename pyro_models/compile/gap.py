@@ -47,7 +47,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from inference.gap.estimates import Estimate, GapEstimates, GapOptions
+from inference import Estimate, GapEstimates, GapSettings
 from pyro_models.compile.guide import CompILEGuide
 from pyro_models.compile.model import CompILE, boundary_prior_logits, transition_support
 from pyro_models.core import device_of
@@ -265,18 +265,20 @@ def gaussian_elbo(model: CompILE, loc, log_scale, counts, samples: int):
     return mean - gaussian_kl(loc, log_scale).double(), var
 
 
-def fit_local_gaussians(model: CompILE, loc, log_scale, counts, sequence, options: GapOptions):
-    """q*_seg: Adam on each segment's ELBO (reparameterised, ``local_particles`` draws per step),
-    from (loc, log_scale). Stops after ``local_steps`` or when the bound, averaged over a window of
+def fit_local_gaussians(model: CompILE, loc, log_scale, counts, sequence, settings: GapSettings,
+                        progress: bool = False):
+    """q*_seg: Adam on each segment's ELBO (reparameterised, ``settings.local.num_particles`` draws
+    per step), from (loc, log_scale). Stops after ``settings.local.max_steps`` or when the bound, averaged over a window of
     ``CHECK_EVERY`` steps and summed over each sequence's segments, rose by less than LOCAL_TOL nats
     per sequence since the previous window. Returns (loc, log_scale, steps)."""
     loc, log_scale = loc.clone().requires_grad_(), log_scale.clone().requires_grad_()
-    optimizer = torch.optim.Adam([loc, log_scale], lr=options.local_lr)
+    local = settings.local
+    optimizer = torch.optim.Adam([loc, log_scale], lr=local.lr)
     sequences = max(1, int(sequence.unique().numel()))
     window, previous, step = [], None, 0
-    bar = tqdm(total=options.local_steps, desc="CompILE q*", disable=not options.progress, leave=False)
-    while step < options.local_steps:
-        z = loc + log_scale.exp() * torch.randn(options.local_particles, *loc.shape, device=loc.device)
+    bar = tqdm(total=local.max_steps, desc="CompILE q*", disable=not progress, leave=False)
+    while step < local.max_steps:
+        z = loc + log_scale.exp() * torch.randn(local.num_particles, *loc.shape, device=loc.device)
         elbo = log_likelihood(model, z, counts).mean(0) - gaussian_kl(loc, log_scale)
         grads = torch.autograd.grad(-elbo.sum(), [loc, log_scale])  # the decoder's .grad untouched
         loc.grad, log_scale.grad = grads
@@ -351,29 +353,28 @@ def importance_sample(model: CompILE, loc, log_scale, counts, rows: torch.Tensor
 
 
 def segment_log_marginals(model: CompILE, loc, log_scale, segments: Segments, log_sum, batch: int,
-                          options: GapOptions):
+                          is_k: int, progress: bool = False):
     """log p(x_seg) and its variance for every segment (S,), by importance sampling around q*_seg:
-    IS_PILOT draws for every segment, then up to ``options.is_k`` for those whose expected count
+    IS_PILOT draws for every segment, then up to ``is_k`` for those whose expected count
     under the (pilot) posterior p(c|x), d log p(x) / d log p(x_seg), is at least USAGE_MIN (the
     others' share of a sequence's variance is scaled by less than USAGE_MIN^2). Empty segments: 0
     exactly. Also returns the number of segments given the full K."""
     nonempty = ~segments.empty
     rows = nonempty.nonzero().squeeze(-1)
     sums = LogMeanExp(len(nonempty), nonempty.device)
-    pilot = min(options.is_k, IS_PILOT)
-    importance_sample(model, loc, log_scale, segments.counts, rows, pilot, sums, options.progress)
+    pilot = min(is_k, IS_PILOT)
+    importance_sample(model, loc, log_scale, segments.counts, rows, pilot, sums, progress)
 
     def estimates():
         value, var = sums.result()
         return value.masked_fill(~nonempty, 0.0), var.masked_fill(~nonempty, 0.0)
 
     refined = rows[:0]
-    if options.is_k > pilot:
+    if is_k > pilot:
         value, var = estimates()
         _, _, usage = delta_method(log_sum, value, var, segments, batch)
         refined = (nonempty & (usage >= USAGE_MIN)).nonzero().squeeze(-1)
-        importance_sample(model, loc, log_scale, segments.counts, refined, options.is_k - pilot, sums,
-                          options.progress)
+        importance_sample(model, loc, log_scale, segments.counts, refined, is_k - pilot, sums, progress)
     value, var = estimates()
     return value, var, len(refined)
 
@@ -381,116 +382,173 @@ def segment_log_marginals(model: CompILE, loc, log_scale, segments: Segments, lo
 # The three estimates ------------------------------------------------------------------------------
 
 
-def compile_gap_estimates(model: CompILE, guide: CompILEGuide, tokens: torch.Tensor, lengths: torch.Tensor,
-                          options: GapOptions | None = None) -> GapEstimates:
-    """log p(x), L[q] and L[q*] of the discrete model for each sequence (see the module docstring).
-    Computed on the model's device: every tensor below follows ``tokens``."""
-    options = options or GapOptions()
-    started = time.perf_counter()
-    tokens, lengths = tokens.to(device_of(model)), lengths.to(device_of(model))
+@dataclass
+class Enumerated:
+    """What both kinds of codes share: the valid boundary configurations of every sequence, their
+    prior and guide probabilities, the distinct segments with the guide's code parameters, and the
+    exact sums over configurations as functions of per-segment values."""
+
+    configs: Configurations
+    log_prior: torch.Tensor  # (B, C)
+    log_q: torch.Tensor  # (B, C): the guide's q(c | x)
+    segments: Segments
+    params: torch.Tensor  # (S, P): the guide's code parameters per distinct segment
+    log_sum: object  # per-segment values -> (B,): logsumexp_c [log p(c) + sum_i value_i(c)]
+    expectation: object  # per-segment values -> (B,): sum_c q(c|x) [log p(c) - log q(c|x) + sum_i value_i(c)]
+    batch: int
+
+
+@dataclass
+class CodeEstimates:
+    """One kind of codes' three estimates, the per-segment values the details are computed from,
+    and how q* stopped."""
+
+    log_px: Estimate
+    elbo_amortised: Estimate
+    elbo_local: Estimate
+    segment_log_px: torch.Tensor  # (S,) log p(x_seg)
+    segment_elbo: torch.Tensor  # (S,) the guide's per-segment bound
+    local_at_limit: int  # sequences whose q* stopped on the step limit
+    details: dict
+
+
+def enumerate_model(model: CompILE, guide: CompILEGuide, tokens: torch.Tensor, lengths: torch.Tensor) -> Enumerated:
     cfg = model.config
     batch, width = tokens.shape
     configs = enumerate_configurations(lengths, cfg.num_segments, width)
     log_prior = configuration_log_prior(model, lengths, configs, width)
     log_q, params = guide_on_configurations(guide, tokens, lengths, configs)
     segments = configuration_segments(tokens, lengths, configs, cfg.vocab_size)
-    params = per_segment(params, segments)
-    valid = configs.valid
-    timings = {"enumeration_s": time.perf_counter() - started}
-    log_sum = log_sum_configurations(log_prior, valid, segments)
-    expectation = expectation_over_configurations(log_prior, log_q, valid, segments)
-    num = len(segments.sequence)
+    return Enumerated(configs, log_prior, log_q, segments, per_segment(params, segments),
+                      log_sum_configurations(log_prior, configs.valid, segments),
+                      expectation_over_configurations(log_prior, log_q, configs.valid, segments), batch)
+
+
+EXACT_CONFIGURATIONS = "exact sum over the valid boundary configurations (masked positions, prior < 1e-13, excluded)"
+
+
+def concrete_estimates(model: CompILE, problem: Enumerated) -> CodeEstimates:
+    """Concrete codes: every term an exact sum, and q* the exact posterior (approximation gap 0)."""
+    segments = problem.segments
+    seg_log_px, seg_elbo = concrete_segments(model, problem.params, segments)
+    zero = torch.zeros(len(segments.sequence), dtype=torch.float64, device=seg_log_px.device)
+    log_px, _, _ = delta_method(problem.log_sum, seg_log_px, zero, segments, problem.batch)
+    elbo_q, _, _ = delta_method(problem.expectation, seg_elbo, zero, segments, problem.batch)
+    most = int(problem.configs.counts.max())
+    return CodeEstimates(
+        log_px=Estimate.exact(log_px, f"exact: sum over the valid boundary configurations (<= {most} per sequence; "
+                                      f"masked positions, prior < 1e-13, excluded) and the {model.config.latent_dim} "
+                                      "one-hot codes of each segment"),
+        elbo_amortised=Estimate.exact(elbo_q, "exact: the guide's q(c|x) over the valid configurations, exact "
+                                              "expectations and KLs of the one-hot codes"),
+        elbo_local=Estimate.exact(log_px, "= log p(x) exactly: q* (a free distribution over configurations and a free "
+                                          "categorical per segment) holds the exact posterior, so the approximation "
+                                          "gap is exactly 0"),
+        segment_log_px=seg_log_px, segment_elbo=seg_elbo, local_at_limit=0, details={})
+
+
+def gaussian_estimates(model: CompILE, problem: Enumerated, settings: GapSettings, progress: bool,
+                       timings: dict) -> CodeEstimates:
+    """Gaussian codes: L[q] and L[q*] by sampling each segment's Gaussian (analytic KLs), q*_seg
+    fitted by Adam, log p(x_seg) by importance sampling around q*_seg."""
+    segments, batch, local = problem.segments, problem.batch, settings.local
+    latent = model.config.latent_dim
+    loc, log_scale = problem.params[:, :latent], 0.5 * problem.params[:, latent:]
     nonempty = ~segments.empty
-    settings = {}
-    at_limit = 0  # sequences whose q* stopped on the step limit (the concrete q* is exact)
 
-    if cfg.latent_dist == "concrete":
-        t = time.perf_counter()
-        seg_log_px, seg_elbo = concrete_segments(model, params, segments)
-        zero = torch.zeros(num, dtype=torch.float64, device=tokens.device)
-        log_px, _, _ = delta_method(log_sum, seg_log_px, zero, segments, batch)
-        elbo_q, _, _ = delta_method(expectation, seg_elbo, zero, segments, batch)
-        timings["segments_s"] = time.perf_counter() - t
-        n_c = f"{int(configs.counts.max())}"
-        log_px_est = Estimate.exact(log_px, f"exact: sum over the valid boundary configurations (<= {n_c} per "
-                                    f"sequence; masked positions, prior < 1e-13, excluded) and the "
-                                    f"{cfg.latent_dim} one-hot codes of each segment")
-        elbo_q_est = Estimate.exact(elbo_q, "exact: the guide's q(c|x) over the valid configurations, exact "
-                                    "expectations and KLs of the one-hot codes")
-        elbo_local_est = Estimate.exact(log_px, "= log p(x) exactly: q* (a free distribution over configurations "
-                                        "and a free categorical per segment) holds the exact posterior, so the "
-                                        "approximation gap is exactly 0")
-    else:
-        latent = cfg.latent_dim
-        loc, log_var = params[:, :latent], params[:, latent:]
-        log_scale = 0.5 * log_var
-        t = time.perf_counter()
-        seg_elbo, seg_elbo_var = gaussian_elbo(model, loc, log_scale, segments.counts, options.elbo_samples)
-        elbo_q, elbo_q_var, _ = delta_method(expectation, seg_elbo, seg_elbo_var, segments, batch)
-        timings["amortised_s"] = time.perf_counter() - t
+    t = time.perf_counter()
+    seg_elbo, seg_elbo_var = gaussian_elbo(model, loc, log_scale, segments.counts, settings.elbo_samples)
+    elbo_q, elbo_q_var, _ = delta_method(problem.expectation, seg_elbo, seg_elbo_var, segments, batch)
+    timings["amortised_s"] = time.perf_counter() - t
 
-        t = time.perf_counter()
-        star_loc, star_log_scale = torch.zeros_like(loc), torch.zeros_like(log_scale)  # empty: q* = p(z)
-        fit_loc, fit_log_scale, steps = fit_local_gaussians(
-            model, loc[nonempty], log_scale[nonempty], segments.counts[nonempty], segments.sequence[nonempty], options)
-        star_loc[nonempty], star_log_scale[nonempty] = fit_loc, fit_log_scale
-        at_limit = batch if steps >= options.local_steps else 0  # one stopping rule for all sequences
-        seg_star, seg_star_var = gaussian_elbo(model, star_loc, star_log_scale, segments.counts, options.elbo_samples)
-        elbo_local, elbo_local_var, _ = delta_method(log_sum, seg_star, seg_star_var, segments, batch)
-        timings["local_s"] = time.perf_counter() - t
+    t = time.perf_counter()
+    star_loc, star_log_scale = torch.zeros_like(loc), torch.zeros_like(log_scale)  # empty: q* = p(z)
+    fit_loc, fit_log_scale, steps = fit_local_gaussians(
+        model, loc[nonempty], log_scale[nonempty], segments.counts[nonempty], segments.sequence[nonempty], settings,
+        progress)
+    star_loc[nonempty], star_log_scale[nonempty] = fit_loc, fit_log_scale
+    seg_star, seg_star_var = gaussian_elbo(model, star_loc, star_log_scale, segments.counts, settings.elbo_samples)
+    elbo_local, elbo_local_var, _ = delta_method(problem.log_sum, seg_star, seg_star_var, segments, batch)
+    timings["local_s"] = time.perf_counter() - t
 
-        t = time.perf_counter()
-        seg_log_px, seg_log_px_var, refined = segment_log_marginals(
-            model, star_loc, star_log_scale, segments, log_sum, batch, options)
-        log_px, log_px_var, _ = delta_method(log_sum, seg_log_px, seg_log_px_var, segments, batch)
-        timings["log_px_s"] = time.perf_counter() - t
+    t = time.perf_counter()
+    seg_log_px, seg_log_px_var, refined = segment_log_marginals(
+        model, star_loc, star_log_scale, segments, problem.log_sum, batch, settings.is_k, progress)
+    log_px, log_px_var, _ = delta_method(problem.log_sum, seg_log_px, seg_log_px_var, segments, batch)
+    timings["log_px_s"] = time.perf_counter() - t
 
-        exact_c = "exact sum over the valid boundary configurations (masked positions, prior < 1e-13, excluded)"
-        log_px_est = Estimate(log_px, log_px_var,
-                              f"{exact_c}; log p(x_seg) of each distinct segment by importance sampling from "
-                              f"{1 - PRIOR_MIXTURE:g} q*_seg + {PRIOR_MIXTURE:g} p(z), K={options.is_k} for the "
-                              f"{refined} segments the posterior uses (expected count >= {USAGE_MIN:g}), "
-                              f"K={min(options.is_k, IS_PILOT)} for the other {int(nonempty.sum()) - refined}; "
-                              "variance by the delta method")
-        elbo_q_est = Estimate(elbo_q, elbo_q_var,
-                              f"{exact_c}, weighted by the guide's q(c|x); per segment analytic Gaussian KL and "
-                              f"reconstruction from {options.elbo_samples} samples")
-        elbo_local_est = Estimate(elbo_local, elbo_local_var,
-                                  f"q*: a free distribution over configurations (optimal: {exact_c}) and a free "
-                                  f"diagonal Gaussian per distinct segment (Adam from the amortised parameters, "
-                                  f"lr {options.local_lr}, {options.local_particles} draws per step, {steps} steps); "
-                                  f"segment bounds from {options.elbo_samples} samples")
-        settings = {"is_k_per_segment": options.is_k, "is_pilot_per_segment": min(options.is_k, IS_PILOT),
-                    "is_refined_segments": refined, "elbo_samples": options.elbo_samples,
-                    "local_steps": steps, "local_max_steps": options.local_steps, "local_lr": options.local_lr,
-                    "local_particles": options.local_particles, "prior_mixture": PRIOR_MIXTURE}
+    pilot = min(settings.is_k, IS_PILOT)
+    return CodeEstimates(
+        log_px=Estimate(log_px, log_px_var,
+                        f"{EXACT_CONFIGURATIONS}; log p(x_seg) of each distinct segment by importance sampling from "
+                        f"{1 - PRIOR_MIXTURE:g} q*_seg + {PRIOR_MIXTURE:g} p(z), K={settings.is_k} for the {refined} "
+                        f"segments the posterior uses (expected count >= {USAGE_MIN:g}), K={pilot} for the other "
+                        f"{int(nonempty.sum()) - refined}; variance by the delta method"),
+        elbo_amortised=Estimate(elbo_q, elbo_q_var,
+                                f"{EXACT_CONFIGURATIONS}, weighted by the guide's q(c|x); per segment analytic Gaussian "
+                                f"KL and reconstruction from {settings.elbo_samples} samples"),
+        elbo_local=Estimate(elbo_local, elbo_local_var,
+                            f"q*: a free distribution over configurations (optimal: {EXACT_CONFIGURATIONS}) and a free "
+                            f"diagonal Gaussian per distinct segment (Adam from the amortised parameters, lr {local.lr}, "
+                            f"{local.num_particles} draws per step, {steps} steps); segment bounds from "
+                            f"{settings.elbo_samples} samples"),
+        segment_log_px=seg_log_px, segment_elbo=seg_elbo,
+        local_at_limit=batch if steps >= local.max_steps else 0,  # one stopping rule for all sequences
+        details={"is_k_per_segment": settings.is_k, "is_pilot_per_segment": pilot, "is_refined_segments": refined,
+                 "elbo_samples": settings.elbo_samples, "local_steps": steps, "local_max_steps": local.max_steps,
+                 "local_lr": local.lr, "local_particles": local.num_particles, "prior_mixture": PRIOR_MIXTURE})
 
-    with torch.no_grad():
-        joint = (log_prior + sum_over_segments(seg_log_px.double(), segments)).masked_fill(~valid, -math.inf)
-        posterior = joint.softmax(-1)  # p(c | x)
-        best = posterior.argmax(-1, keepdim=True)
-        q_valid = log_q.exp().masked_fill(~valid, 0.0)
-        # the bound of the guide's codes with the best distribution over c, minus L[q]: the part of
-        # the amortisation gap that is q(c|x)'s (the rest is the codes')
-        boundary_part = log_sum(seg_elbo.double()) - elbo_q
-    counts = configs.counts.double()
-    details = {
-        "estimator": "pyro_models/compile/gap.py: exact sums over boundary configurations",
-        "latent_dist": cfg.latent_dist,
+
+@torch.no_grad()
+def posterior_details(problem: Enumerated, codes: CodeEstimates, elbo_q: torch.Tensor) -> dict:
+    """How the exact posterior over configurations and the guide's q(c|x) compare."""
+    valid, log_prior = problem.configs.valid, problem.log_prior
+    joint = (log_prior + sum_over_segments(codes.segment_log_px.double(), problem.segments)).masked_fill(~valid,
+                                                                                                         -math.inf)
+    posterior = joint.softmax(-1)  # p(c | x)
+    best = posterior.argmax(-1, keepdim=True)
+    q_valid = problem.log_q.exp().masked_fill(~valid, 0.0)
+    # the bound of the guide's codes with the best distribution over c, minus L[q]: the part of the
+    # amortisation gap that is q(c|x)'s (the rest is the codes')
+    boundary_part = problem.log_sum(codes.segment_elbo.double()) - elbo_q
+    counts = problem.configs.counts.double()
+    return {
         "configurations_per_sequence_mean": counts.mean().item(),
         "configurations_per_sequence_max": int(counts.max()),
         "configurations_total": int(counts.sum()),
-        "distinct_segments": num,
-        "nonempty_segments": int(nonempty.sum()),
+        "distinct_segments": len(problem.segments.sequence),
+        "nonempty_segments": int((~problem.segments.empty).sum()),
         "posterior_best_configuration_mass_mean": posterior.gather(-1, best).mean().item(),
         "posterior_best_configuration_mass_min": posterior.gather(-1, best).min().item(),
         "guide_mass_on_posterior_best_mean": q_valid.gather(-1, best).mean().item(),
         "guide_mass_outside_valid_max": (1 - q_valid.sum(-1)).clamp(min=0).max().item(),
         "prior_mass_outside_valid_max": (1 - log_prior.exp().masked_fill(~valid, 0).sum(-1)).clamp(min=0).max().item(),
         "amortisation_gap_boundaries_mean": boundary_part.mean().item(),
-        **settings,
-        "timings_s": {k: round(v, 2) for k, v in timings.items()},
-        "wall_s": round(time.perf_counter() - started, 2),
     }
-    return GapEstimates(log_px=log_px_est, elbo_amortised=elbo_q_est, elbo_local=elbo_local_est, iwae=None,
-                        details=details, local_at_limit=at_limit, local_max_steps=options.local_steps)
+
+
+def compile_gap_estimates(model: CompILE, guide: CompILEGuide, tokens: torch.Tensor, lengths: torch.Tensor,
+                          settings: GapSettings | None = None, progress: bool = False) -> GapEstimates:
+    """log p(x), L[q] and L[q*] of the discrete model for each sequence (see the module docstring).
+    Computed on the model's device: every tensor below follows ``tokens``. Reads ``elbo_samples``,
+    ``is_k`` and ``local`` (q*'s steps, rate and draws) of ``settings``."""
+    settings = settings or GapSettings()
+    started = time.perf_counter()
+    tokens, lengths = tokens.to(device_of(model)), lengths.to(device_of(model))
+    problem = enumerate_model(model, guide, tokens, lengths)
+    timings = {"enumeration_s": time.perf_counter() - started}
+    if model.config.latent_dist == "concrete":
+        t = time.perf_counter()
+        codes = concrete_estimates(model, problem)
+        timings["segments_s"] = time.perf_counter() - t
+    else:
+        codes = gaussian_estimates(model, problem, settings, progress, timings)
+    details = {"estimator": "pyro_models/compile/gap.py: exact sums over boundary configurations",
+               "latent_dist": model.config.latent_dist,
+               **posterior_details(problem, codes, codes.elbo_amortised.value.to(tokens.device)),
+               **codes.details,
+               "timings_s": {k: round(v, 2) for k, v in timings.items()},
+               "wall_s": round(time.perf_counter() - started, 2)}
+    return GapEstimates(log_px=codes.log_px, elbo_amortised=codes.elbo_amortised, elbo_local=codes.elbo_local,
+                        iwae=None, details=details, local_at_limit=codes.local_at_limit,
+                        local_max_steps=settings.local.max_steps)

@@ -78,7 +78,16 @@ from pyro.distributions import constraints
 from torch import nn
 from torch.distributions import register_kl
 
-from pyro_models.core import AT_LEAST_ONE, DATA_PLATE, POSITIVE, data_plate, latent_scale, setting, unique_name
+from pyro_models.core import (
+    AT_LEAST_ONE,
+    DATA_PLATE,
+    POSITIVE,
+    LatentSite,
+    data_plate,
+    latent_scale,
+    setting,
+    unique_name,
+)
 
 MASK_LOGIT = -30.0  # logit of positions that cannot be a boundary: probability < 1e-13
 LATENT_DISTS = ("gaussian", "concrete")
@@ -266,6 +275,17 @@ class CompILE(nn.Module):
                                      nn.Linear(config.hidden_dim, config.vocab_size))
         self.register_buffer("length_table", poisson_length_table(config.max_length, config.prior_rate), persistent=False)
 
+    @property
+    def latent_sites(self) -> tuple[LatentSite, ...]:
+        """The boundaries b_1..b_{n-1} (one-hot over the padded width T = ``config.max_length``) and
+        the codes z_1..z_n (real, or one-hot with concrete codes). No guide family of ``guides``
+        serves one-hot sites: their positions depend on each other and on the codes, so CompILE
+        brings its own structured guide (``CompILEGuide``)."""
+        cfg = self.config
+        code_support = "real" if cfg.latent_dist == "gaussian" else "one_hot"
+        return (*(LatentSite(name, cfg.max_length, "one_hot") for name in cfg.boundary_sites()),
+                *(LatentSite(name, cfg.latent_dim, code_support) for name in cfg.code_sites()))
+
     def code_prior(self, batch: int, relaxed: bool, like: torch.Tensor):
         shape = (batch, self.config.latent_dim)
         if self.config.latent_dist == "gaussian":
@@ -315,50 +335,3 @@ class CompILE(nn.Module):
 
     def symbol_logits(self, codes: torch.Tensor) -> torch.Tensor:
         return self.decoder(codes)
-
-
-# Metrics of a hard segmentation (evaluation mode).
-
-
-def segment_index(boundaries: torch.Tensor, width: int) -> torch.Tensor:
-    """(B, T): the segment holding each position, for boundary positions (B, n). Boundaries out of
-    order are clamped to the previous one (an empty segment), as the reference metric does."""
-    ordered = boundaries.cummax(-1).values
-    t = torch.arange(width, device=boundaries.device)
-    return (t[None, :, None] >= ordered[:, None, :]).sum(-1).clamp(max=boundaries.shape[-1] - 1)
-
-
-def reconstruct(boundaries: torch.Tensor, segment_symbols: torch.Tensor, width: int) -> torch.Tensor:
-    """Tokens (B, T) from boundary positions (B, n) and each segment's symbol (B, n)."""
-    return segment_symbols.gather(-1, segment_index(boundaries, width))
-
-
-def reconstruction_accuracy(predicted: torch.Tensor, tokens: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
-    """Per sequence (B,): the fraction of content positions (EOS and padding excluded) reconstructed."""
-    _, content = position_masks(lengths, tokens.shape[-1])
-    hits = ((predicted == tokens) & content).sum(-1)
-    return hits.to(torch.float32) / content.sum(-1).clamp(min=1)
-
-
-def boundary_counts(predicted: torch.Tensor, true: torch.Tensor, lengths: torch.Tensor) -> tuple[int, int, int]:
-    """(true positives, predicted, true) counts of segment boundaries with tolerance 0.
-
-    Both arguments hold boundary positions (B, n) whose last entry is the fixed EOS boundary; only
-    the boundaries between segments count: distinct positions in 1..L-2 (a boundary on EOS or a
-    repeated one marks an empty segment, not a boundary)."""
-    width = int(max(predicted.max(), true.max(), lengths.max())) + 1
-
-    def as_sets(positions):
-        marks = torch.zeros(positions.shape[0], width, dtype=torch.bool, device=positions.device)
-        marks.scatter_(1, positions[:, :-1], True)
-        t = torch.arange(width, device=positions.device)
-        return marks & (t >= 1) & (t < (lengths - 1)[:, None])
-
-    p, q = as_sets(predicted), as_sets(true)
-    return int((p & q).sum()), int(p.sum()), int(q.sum())
-
-
-def f1_score(true_positives: int, n_predicted: int, n_true: int) -> float:
-    if n_predicted + n_true == 0:
-        return 1.0
-    return 2 * true_positives / (n_predicted + n_true)

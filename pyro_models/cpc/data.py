@@ -5,7 +5,7 @@ one phone label per 10 ms frame (frame t = samples [160 t, 160 t + 160)).
   8 kHz, resampled to 16 kHz with torchaudio; official split: index 0-4 test, 5-49 train; phone
   labels from ``fsdd/fsdd_converted_aligned_phones.txt`` (20 classes, 2983 files),
   class names from ``fsdd/fsdd_phone_index.txt``. Every recording must be a complete WAV file
-  with samples; those with an FSDD v1.0.10 name must match its sha256 (``fsdd_checksums.py``),
+  with samples; those with an FSDD v1.0.10 name must match its sha256 (``fsdd_sums.py``),
   and then the two label files must match theirs.
 - LibriSpeech train-clean-100 (``LibriSpeech/train-clean-100/{speaker}/{chapter}/
   {speaker}-{chapter}-{utterance}.flac``, the layout of the released tarball), with the CPC paper's
@@ -24,7 +24,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from pyro_models.cpc.fsdd_checksums import recording_sums
+from pyro_models.cpc.fsdd_sums import recording_sums
 from pyro_models.datasets.files import DataDir, DataError, check_digest, decode_lines, verify_checksum
 
 SAMPLE_RATE = 16000
@@ -282,10 +282,10 @@ class WindowBatches:
     without a label are -1. Utterances shorter than the window are not used. ``rows`` (default:
     all ``batch_size``) are rows of the step's global batch: a data-parallel process reads only
     its own crops' audio. A pure function of (seed, step, rows), so a resumed run sees the same
-    batches and they can be computed ahead in other processes (``inference/prefetch.py``).
+    batches and they can be computed ahead in other processes (``inference/training/prefetch.py``).
     """
 
-    takes_rows = True  # pure in (step, rows): see inference/prefetch.py
+    takes_rows = True  # pure in (step, rows): see inference/training/prefetch.py
 
     def __init__(self, utterances: list[Utterance], window: int, batch_size: int, seed: int,
                  labelled_only: bool = False):

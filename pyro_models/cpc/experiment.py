@@ -17,7 +17,6 @@ Metrics (``summary.json``), all on the test split, never seen in training:
   on the labels for ``--supervised-steps`` steps (null when left out with ``--baselines``);
 - ``train_audio_s_per_s``: seconds of audio consumed per second of training.
 """
-import json
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,10 +26,19 @@ from tqdm.auto import tqdm
 
 from inference import GlobalBatchLoss
 from inference.infonce import MODES, info_nce
+from inference.training.metrics_log import read_metrics
 from inference.training.prefetch import PrefetchedBatches
-from pyro_models.experiment_kit import plots
-from pyro_models.experiment_kit.protocol import Built, EvaluationPlan, Experiment, TrainDefaults, set_threads, setting
 from pyro_models.core import AT_LEAST_ONE, NON_NEGATIVE, device_of
+from pyro_models.experiment_kit import plots
+from pyro_models.experiment_kit.protocol import (
+    Built,
+    EvaluationPlan,
+    Experiment,
+    RunContext,
+    TrainDefaults,
+    set_threads,
+    setting,
+)
 from pyro_models.cpc.data import FRAME, SAMPLE_RATE, SPEECH_DATASETS, WindowBatches
 from pyro_models.cpc.model import CPC, ConvEncoder, CPCConfig, paper_layers, parse_layers
 from pyro_models.cpc.probes import context_features, mfcc_features, probe_both, train_supervised
@@ -62,6 +70,21 @@ class CPCSettings:
                                 valid=NON_NEGATIVE)
 
 
+def window_of(ctx: RunContext) -> int:
+    """The run's training window in samples: ``--window``, else the data set's default."""
+    return ctx.settings.window or DEFAULT_WINDOW[ctx.dataset]
+
+
+def check_window(window: int, encoder: ConvEncoder, prediction_steps: int) -> None:
+    """A window must be whole 10 ms frames and leave the encoder more steps than K."""
+    if window <= 0 or window % FRAME:
+        raise ValueError(f"--window must be a positive multiple of {FRAME} samples, got {window}")
+    frames = encoder.output_length(window)
+    if frames <= prediction_steps:
+        raise ValueError(f"a window of {window} samples gives {frames} encoder steps, not more than "
+                         f"K = {prediction_steps}: use a longer --window or fewer --prediction-steps")
+
+
 def parse_baselines(text: str) -> list[str]:
     chosen = [b.strip() for b in text.split(",") if b.strip()]
     unknown = set(chosen) - set(BASELINES)
@@ -78,7 +101,7 @@ class CPCExperiment(Experiment):
     settings_cls = CPCSettings
     datasets = ("fsdd", "librispeech100")
     default_dataset = "fsdd"
-    supports_bf16 = True  # 300 steps (--width 64): InfoNCE within 0.01 of fp32's; paper size 1.6x faster
+    bf16_refusal = None  # 300 steps (--width 64): InfoNCE within 0.01 of fp32's; paper size 1.6x faster
     guides = ()
     default_guide = None
     guide_note = "it is not a latent-variable model (InfoNCE on a deterministic encoder): it takes no guide"
@@ -88,39 +111,23 @@ class CPCExperiment(Experiment):
     def train_defaults(self, dataset):
         return TrainDefaults(steps=3000, batch_size=32, lr=2e-4, log_every=100, checkpoint_every=500)
 
-    def load_data(self, dataset, data_dir):
-        self.dataset = dataset
-        return SPEECH_DATASETS[dataset](data_dir)
+    def load_data(self, ctx: RunContext):
+        return SPEECH_DATASETS[ctx.dataset](ctx.data_dir)
 
-    def validate(self, config, settings, dataset, guide=None, local=False):
+    def validate(self, ctx: RunContext):
         """The window, the encoder layers and the baselines, before any audio is read."""
-        window = settings.window or DEFAULT_WINDOW[dataset]
-        if window % FRAME:
-            raise ValueError(f"--window must be a positive multiple of {FRAME} samples, got {window}")
-        parse_baselines(settings.baselines)
+        config = ctx.config
+        parse_baselines(ctx.settings.baselines)
         encoder = ConvEncoder(parse_layers(config.encoder_layers) if config.encoder_layers else paper_layers(config.width),
                               config.norm)
-        frames = encoder.output_length(window)
-        if frames <= config.prediction_steps:
-            raise ValueError(f"a window of {window} samples gives {frames} encoder steps, not more than "
-                             f"K = {config.prediction_steps}: use a longer --window or fewer --prediction-steps")
+        check_window(window_of(ctx), encoder, config.prediction_steps)
 
-    def window(self, settings) -> int:
-        window = settings.window or DEFAULT_WINDOW[self.dataset]
-        if window % FRAME or window <= 0:
-            raise ValueError(f"--window must be a positive multiple of {FRAME} samples, got {window}")
-        return window
-
-    def build(self, config, settings, data, guide, local):
+    def build(self, ctx: RunContext, data):
+        config, settings = ctx.config, ctx.settings
         set_threads(settings.threads)
         parse_baselines(settings.baselines)
-        self.current_window = self.window(settings)
-        self.data_workers = settings.data_workers
         model = CPC(config)
-        frames = model.encoder.output_length(self.window(settings))
-        if frames <= config.prediction_steps:
-            raise ValueError(f"a window of {self.window(settings)} samples gives {frames} encoder steps, not more than "
-                             f"K = {config.prediction_steps}: use a longer --window or fewer --prediction-steps")
+        check_window(window_of(ctx), model.encoder, config.prediction_steps)
 
         def loss(wave, rows=None, **unused):
             z, _, predictions = model(wave)
@@ -132,16 +139,19 @@ class CPCExperiment(Experiment):
 
         return Built(model=model, guide=None, objective=GlobalBatchLoss(loss), modules={"model": model})
 
-    def batches(self, data, batch_size, seed):
-        self.train_batch_size = batch_size  # the logged test InfoNCE uses batches of the same size
-        batches = WindowBatches(data.train, self.current_window, batch_size, seed)
-        return PrefetchedBatches(batches, self.data_workers) if self.data_workers else batches
+    def batches(self, ctx: RunContext, data):
+        batches = WindowBatches(data.train, window_of(ctx), ctx.batch_size, ctx.seed)
+        workers = ctx.settings.data_workers
+        return PrefetchedBatches(batches, workers) if workers else batches
 
-    def steps_per_epoch(self, data, batch_size):
-        return max(1, len(data.train) // batch_size)  # an epoch: one window per train utterance
+    def steps_per_epoch(self, ctx: RunContext, data):
+        return max(1, len(data.train) // ctx.batch_size)  # an epoch: one window per train utterance
 
-    def test_infonce(self, model, data, settings, batch_size: int) -> dict:
-        batches = WindowBatches(data.test, self.window(settings), batch_size, seed=12345)
+    def test_infonce(self, ctx: RunContext, model, data) -> dict:
+        """InfoNCE loss and accuracy per k on ``eval_batches`` batches of test windows, of the run's
+        batch size (fixed crops)."""
+        settings = ctx.settings
+        batches = WindowBatches(data.test, window_of(ctx), ctx.batch_size, seed=12345)
         device = device_of(model)
         generator = torch.Generator(device=device).manual_seed(0)  # the negatives are drawn on the model's device
         losses, accuracies = [], []
@@ -155,27 +165,24 @@ class CPCExperiment(Experiment):
         model.train()
         return {"loss": torch.stack(losses).mean().item(), "accuracy": torch.stack(accuracies).mean(0).tolist()}
 
-    def on_log(self, built, data, settings):
-        batch_size = self.train_batch_size
-
+    def on_log(self, ctx: RunContext, built, data):
         def log(step):
-            result = self.test_infonce(built.model, data, settings, batch_size)
+            result = self.test_infonce(ctx, built.model, data)
             K = len(result["accuracy"])
             return {"test_infonce": result["loss"], "test_acc_k1": result["accuracy"][0],
                     f"test_acc_k{K}": result["accuracy"][-1]}
 
         return log
 
-    def evaluation_plan(self, built, data, settings, batch_size):
-        return _evaluation_plan(data, settings, settings.window or DEFAULT_WINDOW[self.dataset], batch_size)
+    def evaluation_plan(self, ctx: RunContext, built, data):
+        return _evaluation_plan(data, ctx.settings, window_of(ctx), ctx.batch_size)
 
-    def evaluate(self, built, data, settings, out_dir, progress):
-        model, config = built.model, built.model.config
+    def evaluate(self, ctx: RunContext, built, data, out_dir, progress, parallel=None):
+        model, config, settings = built.model, built.model.config, ctx.settings
         device = device_of(model)  # features, probes and baselines are computed there
         out_dir = Path(out_dir)
-        train = json.loads((out_dir / "config.json").read_text())["train"]
         summary = {}
-        result = self.test_infonce(model, data, settings, train["batch_size"])
+        result = self.test_infonce(ctx, model, data)
         summary["test_infonce"] = result["loss"]
         summary.update({f"infonce_acc_k{k}": acc for k, acc in enumerate(result["accuracy"], 1)})
         train_utts, test_utts = spread(data.train, settings.probe_utterances), spread(data.test, settings.probe_utterances)
@@ -212,7 +219,7 @@ class CPCExperiment(Experiment):
         if "supervised" in chosen:
             subset = _Subset(data, train_utts, test_utts)
             for task in ("speaker", "phone") if num_phones else ("speaker",):
-                result = train_supervised(config, subset, task, self.window(settings), train["batch_size"], train["lr"],
+                result = train_supervised(config, subset, task, window_of(ctx), ctx.batch_size, ctx.lr,
                                           settings.supervised_steps, seed=2, pool=settings.speaker_pool,
                                           progress=progress, device=device)
                 tqdm.write(f"supervised {task}: " + ", ".join(f"{k} {v}" for k, v in result.items()))
@@ -220,21 +227,20 @@ class CPCExperiment(Experiment):
                 summary[f"supervised_{task}_train_loss_last"] = result["train_loss_last"]
                 timings[f"supervised_{task}"] = result["wall_s"]
             summary["supervised_steps"] = settings.supervised_steps
-        rows = [r for r in _metrics(out_dir)]
+        rows = read_metrics(out_dir / "metrics.csv") if (out_dir / "metrics.csv").exists() else []
         if rows:
             last = rows[-1]
-            samples = last["step"] * train["batch_size"] * self.window(settings)
+            samples = last["step"] * ctx.batch_size * window_of(ctx)
             summary["train_audio_s_per_s"] = round(samples / SAMPLE_RATE / max(last["elapsed_s"], 1e-9), 2)
-        summary.update({"window": self.window(settings), "negatives": settings.negatives,
+        summary.update({"window": window_of(ctx), "negatives": settings.negatives,
                         "num_negatives": settings.num_negatives, "encoder_width": model.encoder.output_dim,
                         "encoder_layers": ",".join("-".join(map(str, layer)) for layer in model.encoder.layers),
                         "num_train_utterances": len(train_utts), "num_test_utterances": len(test_utts),
                         "eval_wall_s_parts": timings})
         return summary
 
-    def plot(self, built, data, out_dir):
+    def plot(self, ctx: RunContext, built, data, out_dir, summary):
         out_dir = Path(out_dir)
-        summary = json.loads((out_dir / "summary.json").read_text())
         return [plots.training_curve(out_dir / "metrics.csv", out_dir / "training_curve.png",
                                      ylabel="InfoNCE loss (train windows)"),
                 accuracy_per_k(summary, out_dir / "infonce_accuracy.png"),
@@ -265,13 +271,6 @@ def spread(utterances: list, n: int) -> list:
 class _Subset:
     def __init__(self, data, train, test):
         self.train, self.test, self.speakers, self.num_phones = train, test, data.speakers, data.num_phones
-
-
-def _metrics(out_dir: Path):
-    from inference.training.metrics_log import read_metrics
-
-    path = out_dir / "metrics.csv"
-    return read_metrics(path) if path.exists() else []
 
 
 def accuracy_per_k(summary: dict, path: Path) -> Path:

@@ -1,9 +1,10 @@
-"""The experiment glue shared by the models of vectors with continuous latents (the VAE, the
-linear-Gaussian model, MFCVAE): any real-site guide family, amortised or local, trained with
+"""The experiment of every model whose latents are real vectors (the VAE, the linear-Gaussian
+model, MFCVAE): any real-site guide family, amortised or local, trained with
 Trace_ELBO and scored by importance sampling. The VAE and the linear-Gaussian model also train
 with the IWAE-K bound (``--objective iwae --particles K [--gradient dreg]``) and with
 semi-amortised guides (``--refine K [--refine-lr X] [--refine-mode eval|detach|full]``:
 ``guides.RefinedGuide``)."""
+import dataclasses
 from dataclasses import dataclass
 
 import pyro
@@ -19,7 +20,7 @@ from pyro_models.datasets.vector_data import as_float, binarise_fixed, evenly_sp
 
 from . import plots
 from .batching import EpochBatches
-from .protocol import Built, EvaluationPlan, Experiment
+from .protocol import Built, EvaluationPlan, Experiment, RunContext
 
 TRAIN_EVAL_BINARISATION_SEED = 4321
 REFINE_LR = 0.002  # default step of --refine: stable for 5 to 100 steps on the binarised-MNIST VAE (docs/results/amortisation.md)
@@ -27,7 +28,7 @@ REFINE_POINT_CHUNK = 500  # points refined at once in evaluation (bounds memory)
 
 
 @dataclass
-class DensitySettings:
+class RealLatentSettings:
     iwae_k: int = setting(5000, "importance samples per test point for IWAE-K", valid=AT_LEAST_ONE, evaluation=True)
     eval_points: int = setting(0, "test points to evaluate (0: all)", evaluation=True)
     train_eval_points: int = setting(0, "training points for train_elbo, one sample each (0: all)", evaluation=True)
@@ -72,45 +73,48 @@ def check_objective_settings(settings, guide: str | None = None) -> None:
                 raise ValueError(f"--{name.replace('_', '-')} applies only with --refine K (K >= 1 refinement steps)")
 
 
-def training_options(settings) -> dict:
-    """The objective and refinement settings (the defaults for an experiment whose settings have
-    none of them, e.g. MFCVAE's)."""
-    return {name: getattr(settings, name, default) for name, default in (
-        ("objective", "elbo"), ("particles", 0), ("gradient", "standard"), ("refine", 0), ("refine_lr", REFINE_LR),
-        ("refine_mode", "detach"))}
-
-
-class DensityExperiment(Experiment):
-    settings_cls = DensitySettings
+class RealLatentExperiment(Experiment):
+    settings_cls = RealLatentSettings
     guides = ("ffg", "planar", "realnvp", "auxflow")
     default_guide = "ffg"
     guide_note = "its latent sites are real vectors, which the real-site families serve: ffg, planar, realnvp, auxflow"
     supports_local_guide = True
-    supports_gap_report = True
     shards_evaluation = True
     quick_evaluation = {"iwae_k": 100, "eval_points": 1000, "train_eval_points": 10000}
     model_cls = None
 
-    def validate(self, config, settings, dataset, guide=None, local=False):
-        if hasattr(settings, "objective"):
-            check_objective_settings(settings)
-        self.check_guide_options(settings, guide, local)
+    # Whether the settings carry the training objective and refinement flags (--objective, --refine):
+    # the VAE's and the linear-Gaussian model's do; MFCVAE's train with the ELBO only.
+    trains_with_objectives = True
+
+    def validate(self, ctx: RunContext):
+        if self.trains_with_objectives:
+            check_objective_settings(ctx.settings)
+        self.check_guide_options(ctx.settings, ctx.guide, ctx.local)
 
     def check_guide_options(self, settings, guide, local) -> None:
         """What depends on the guide family and --local (the CLI's validate and every build)."""
-        if hasattr(settings, "objective"):
+        if self.trains_with_objectives:
             check_objective_settings(settings, guide)
-        if local and training_options(settings)["refine"]:
+        if local and self.training_options(settings)["refine"]:
             raise ValueError("--refine does not apply to --local: a local guide's parameters are already free "
                              "per point and trained to their optimum; refinement starts from an encoder's output")
 
-    def build(self, config, settings, data, guide, local):
-        config.data_dim = data.data_dim
-        options = training_options(settings)
-        self.check_guide_options(settings, guide, local)
+    def training_options(self, settings) -> dict:
+        """The objective and refinement settings (the ELBO and no refinement where the settings have
+        none of them: ``trains_with_objectives`` False)."""
+        names = ("objective", "particles", "gradient", "refine", "refine_lr", "refine_mode")
+        if self.trains_with_objectives:
+            return {name: getattr(settings, name) for name in names}
+        return dict(zip(names, ("elbo", 0, "standard", 0, REFINE_LR, "detach")))
+
+    def build(self, ctx: RunContext, data):
+        config, settings = ctx.config, ctx.settings
+        options = self.training_options(settings)
+        self.check_guide_options(settings, ctx.guide, ctx.local)
         model = self.model_cls(config)
-        family = guide_family(guide)
-        if local:
+        family = guide_family(ctx.guide)
+        if ctx.local:
             q = build_guide(family, model.latent_sites, num_points=data.train.shape[0])
         else:
             encoder, encoder_dim = model.make_encoder()
@@ -142,7 +146,7 @@ class DensityExperiment(Experiment):
         model = built.model
         return model.model if reverse is None else with_auxiliary(model.model, reverse, model.plate_name)
 
-    def evaluation_points(self, data, num_points: int, split: str = "train") -> dict:
+    def evaluation_points(self, ctx: RunContext, data, num_points: int, split: str = "train") -> dict:
         """The first ``num_points`` points of a split as model keyword arguments (training
         images fixed-binarised once when the data set binarises dynamically)."""
         x = data.train if split == "train" else data.test
@@ -151,11 +155,14 @@ class DensityExperiment(Experiment):
         x = as_float(x[:num_points])
         return {"x": x, "idx": torch.arange(x.shape[0])}
 
-    def steps_per_epoch(self, data, batch_size):
-        return data.train.shape[0] // batch_size
+    def model_config(self, ctx: RunContext, data):
+        return dataclasses.replace(ctx.config, data_dim=data.data_dim)
 
-    def batches(self, data, batch_size, seed):
-        sampler = EpochBatches(data.train.shape[0], batch_size, seed)
+    def steps_per_epoch(self, ctx: RunContext, data):
+        return data.train.shape[0] // ctx.batch_size
+
+    def batches(self, ctx: RunContext, data):
+        sampler = EpochBatches(data.train.shape[0], ctx.batch_size, ctx.seed)
 
         def batch_for_step(step):
             idx = sampler.indices(step)
@@ -166,18 +173,18 @@ class DensityExperiment(Experiment):
 
         return batch_for_step
 
-    def schedule(self, settings, built):
-        if settings.kl_warmup_steps <= 0:
+    def schedule(self, ctx: RunContext, built):
+        if ctx.settings.kl_warmup_steps <= 0:
             return None
-        return kl_warmup([site.name for site in built.model.latent_sites], settings.kl_warmup_steps)
+        return kl_warmup([site.name for site in built.model.latent_sites], ctx.settings.kl_warmup_steps)
 
-    def evaluate(self, built, data, settings, out_dir, progress):
-        model, guide, program = built.model, built.guide, self.model_program(built)
+    def evaluate(self, ctx: RunContext, built, data, out_dir, progress, parallel=None):
+        model, guide, program, settings = built.model, built.guide, self.model_program(built), ctx.settings
         train_x = data.train
         if data.dynamic_binarisation:
             train_x = binarise_fixed(train_x, TRAIN_EVAL_BINARISATION_SEED)
         common = dict(max_plate_nesting=model.max_plate_nesting, max_rows=settings.eval_max_rows, progress=progress,
-                      parallel=built.info.get("parallel"))
+                      parallel=parallel)
         summary = {}
         if guide.amortised:
             n_train = settings.train_eval_points or train_x.shape[0]
@@ -201,7 +208,8 @@ class DensityExperiment(Experiment):
         summary.update(self.exact_metrics(model, points["x"], label))
         return summary
 
-    def evaluation_plan(self, built, data, settings, batch_size):
+    def evaluation_plan(self, ctx: RunContext, built, data):
+        settings = ctx.settings
         num_train, num_test = data.train.shape[0], data.test.shape[0]
         k = settings.iwae_k
         if not built.guide.amortised:
@@ -221,7 +229,7 @@ class DensityExperiment(Experiment):
     def exact_metrics(self, model, x, label) -> dict:
         return {}
 
-    def plot(self, built, data, out_dir):
+    def plot(self, ctx: RunContext, built, data, out_dir, summary):
         files = [plots.training_curve(out_dir / "metrics.csv", out_dir / "training_curve.png", ylabel="-ELBO per data point")]
         if data.image_shape is None:
             return files

@@ -56,7 +56,7 @@ class Vocabulary:
 
 
 @dataclass
-class Words:
+class WordSet:
     words: list[str]
     tokens: torch.Tensor  # (N, max_length + 1) long, PAD-padded
     lengths: torch.Tensor  # (N,) long: characters + 1 (EOS)
@@ -69,24 +69,28 @@ class Words:
         lengths = self.lengths[idx]
         return {"tokens": self.tokens[idx, :int(lengths.max())], "lengths": lengths}
 
+    def take(self, rows: torch.Tensor) -> "WordSet":
+        """The words ``rows``, in that order."""
+        return WordSet([self.words[i] for i in rows.tolist()], self.tokens[rows], self.lengths[rows])
+
 
 @dataclass
 class SigmorphonData:
     vocab: Vocabulary
-    train: Words
-    dev: Words
-    test: Words
+    train: WordSet
+    dev: WordSet
+    test: WordSet
     max_length: int
 
 
-def encode_words(words: list[str], vocab: Vocabulary, max_length: int) -> Words:
+def encode_words(words: list[str], vocab: Vocabulary, max_length: int) -> WordSet:
     tokens = torch.full((len(words), max_length + 1), PAD, dtype=torch.long)
     lengths = torch.empty(len(words), dtype=torch.long)
     for i, word in enumerate(words):
         ids = vocab.encode(word)
         tokens[i, :len(ids)] = torch.tensor(ids)
         lengths[i] = len(ids)
-    return Words(list(words), tokens, lengths)
+    return WordSet(list(words), tokens, lengths)
 
 
 def read_forms(path, raw: bytes | None = None) -> list[str]:
@@ -138,7 +142,7 @@ class BucketedBatches:
     LSTMs see little padding, and every batch has ``batch_size`` words.
     """
 
-    def __init__(self, words: Words, batch_size: int, seed: int, pool: int = 50):
+    def __init__(self, words: WordSet, batch_size: int, seed: int, pool: int = 50):
         if batch_size > len(words):
             raise ValueError(f"batch size {batch_size} is larger than the training set ({len(words)} words)")
         self.words, self.batch_size, self.seed, self.pool = words, batch_size, seed, pool

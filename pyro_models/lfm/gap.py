@@ -21,7 +21,7 @@ from inference.enumeration import (
     mean_field_elbo,
     optimise_mean_field,
 )
-from inference.gap.estimates import Estimate, GapEstimates, GapOptions
+from inference import Estimate, GapEstimates, GapSettings
 from pyro_models.core import device_of
 
 MAX_BITS = 16  # 2^16 decoder passes per word (~5-8 s at one thread for the 256-unit LSTM)
@@ -62,8 +62,10 @@ def check_guide(guide):
                          f"not {[type(f).__name__ for f in families]}")
 
 
-def lfm_gap_estimates(built, points: dict, options: GapOptions) -> GapEstimates:
-    model, guide = built.model, built.guide
+def lfm_gap_estimates(model, guide, points: dict, settings: GapSettings, progress: bool = False) -> GapEstimates:
+    """log p(x), L[q] and L[q*] of every word in ``points`` (tokens, lengths), exactly; q* stops after
+    ``settings.local.max_steps`` L-BFGS iterations at most (the other settings do not apply)."""
+    max_steps = settings.local.max_steps
     bits = model.config.latent_bits
     if bits > MAX_BITS:
         raise ValueError(f"exact enumeration needs <= {MAX_BITS} latent bits (--latent-bits); this run has {bits}")
@@ -77,7 +79,7 @@ def lfm_gap_estimates(built, points: dict, options: GapOptions) -> GapEstimates:
     with eval_mode(model, guide):
         with torch.no_grad():
             logits = guide.params(tokens=tokens, lengths=lengths).double()  # (N, K), the amortised q
-        for i in tqdm(range(n), desc=f"enumerating 2^{bits} codes", disable=not options.progress, leave=False):
+        for i in tqdm(range(n), desc=f"enumerating 2^{bits} codes", disable=not progress, leave=False):
             started = time.perf_counter()
             length = lengths[i:i + 1]
             table = log_joint_table(model, tokens[i:i + 1, :int(length)], length, codes)
@@ -85,7 +87,7 @@ def lfm_gap_estimates(built, points: dict, options: GapOptions) -> GapEstimates:
             started = time.perf_counter()
             log_px = torch.logsumexp(table, 0)
             posterior = (table - log_px).exp()
-            local, elbo_local, used = optimise_mean_field(table, logits[i], codes, options.local_steps, TOL)
+            local, elbo_local, used = optimise_mean_field(table, logits[i], codes, max_steps, TOL)
             opt_s += time.perf_counter() - started
             out["log_px"][i] = log_px
             out["elbo"][i] = mean_field_elbo(table, logits[i], codes)
@@ -99,10 +101,10 @@ def lfm_gap_estimates(built, points: dict, options: GapOptions) -> GapEstimates:
     details = {"enumeration": {
         "num_codes": len(codes), "wall_s": round(enum_s, 2), "seconds_per_point": round(enum_s / max(n, 1), 3),
         "local_optimiser": f"L-BFGS (strong Wolfe) on the exact ELBO per point from the amortised logits, "
-                           f"at most {options.local_steps} iterations, stop on a gain < {TOL:g} nats "
-                           f"(local_lr, elbo_samples, iwae_k, is_k unused)",
+                           f"at most {max_steps} iterations, stop on a gain < {TOL:g} nats "
+                           f"(the other gap settings do not apply)",
         "local_wall_s": round(opt_s, 2), "local_steps_mean": sum(steps) / max(n, 1), "local_steps_max": max(steps, default=0),
-        "local_not_converged": sum(s >= options.local_steps for s in steps),
+        "local_not_converged": sum(s >= max_steps for s in steps),
         "entropy_q_mean": out["entropy_q"].mean().item(), "entropy_q_local_mean": out["entropy_local"].mean().item(),
         "entropy_posterior_mean": out["entropy_posterior"].mean().item(),
         "best_code_posterior_mass_mean": out["best_code_mass"].mean().item(),
@@ -114,4 +116,4 @@ def lfm_gap_estimates(built, points: dict, options: GapOptions) -> GapEstimates:
         elbo_local=Estimate.exact(out["elbo_local"], f"{where}; q*: a local optimum of the exact ELBO over "
                                                      f"per-point logits (L-BFGS from the encoder's)"),
         iwae=None, details=details, local_at_limit=details["enumeration"]["local_not_converged"],
-        local_max_steps=options.local_steps)
+        local_max_steps=max_steps)

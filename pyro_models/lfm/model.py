@@ -71,7 +71,7 @@ class BiLSTMEncoder(nn.Module):
         return self.dropout(torch.cat([h[0], h[1]], dim=-1))
 
 
-class Words(dist.TorchDistribution):
+class WordDistribution(dist.TorchDistribution):
     """Words x | z drawn from the decoder one symbol at a time (ancestral sampling), each up to
     its first EOS and PAD after it: batch shape z.shape[:-1], event shape (max_length,).
     ``log_prob`` scores any such padded word by teacher forcing, as the observed site does."""
@@ -85,7 +85,7 @@ class Words(dist.TorchDistribution):
 
     def expand(self, batch_shape, _instance=None):
         batch_shape = torch.Size(batch_shape)
-        return Words(self.decoder, self.z.expand(batch_shape + self.z.shape[-1:]), self.max_length)
+        return WordDistribution(self.decoder, self.z.expand(batch_shape + self.z.shape[-1:]), self.max_length)
 
     def sample(self, sample_shape=torch.Size()):
         z = self.z.expand(torch.Size(sample_shape) + self.z.shape)
@@ -178,7 +178,7 @@ class LatentFactorModel(nn.Module):
             with data_plate(self.plate_name, batch, idx, num_data):
                 with latent_scale("z", latent_scales):
                     z = pyro.sample("z", self.prior(batch, self.output.weight))
-                return pyro.sample("x", Words(self, z, max_length))
+                return pyro.sample("x", WordDistribution(self, z, max_length))
         batch = tokens.shape[0]
         tokens = tokens[:, :int(lengths.max())]
         with data_plate(self.plate_name, batch, idx, num_data):

@@ -1,26 +1,26 @@
 """The linear-Gaussian known-answer model for the command line: simulated data, and its exact
-log p(x) next to every estimate (the glue itself: lvm_app/continuous.py)."""
+log p(x) next to every estimate (the glue itself: pyro_models/experiment_kit/real_latents.py)."""
 import torch
 
-from pyro_models.experiment_kit.real_latents import DensityExperiment
-from pyro_models.experiment_kit.protocol import TrainDefaults
 from pyro_models.core import device_of
+from pyro_models.experiment_kit.protocol import TrainDefaults
+from pyro_models.experiment_kit.real_latents import RealLatentExperiment
 
 from .data import load_simulated
 from .model import LinearGaussian, LinearGaussianConfig
 
 
-class LinearGaussianExperiment(DensityExperiment):
+class LinearGaussianExperiment(RealLatentExperiment):
     name = "linear_gaussian"
     description = "linear-Gaussian model (probabilistic PCA) on simulated data: log p(x) known exactly"
     config_cls = LinearGaussianConfig
     model_cls = LinearGaussian
     datasets = ("simulated",)
     default_dataset = "simulated"
-    supports_bf16 = True  # 300 steps: loss within 0.001 nats of fp32's (but 0.8x: its networks are too small to gain)
+    bf16_refusal = None  # 300 steps: loss within 0.001 nats of fp32's (but 0.8x: its networks are too small to gain)
 
-    def load_data(self, dataset, data_dir):
-        return load_simulated(data_dir)
+    def load_data(self, ctx):
+        return load_simulated(ctx.data_dir)
 
     def train_defaults(self, dataset):
         return TrainDefaults(steps=2000, batch_size=100, lr=1e-2, log_every=100, checkpoint_every=1000)

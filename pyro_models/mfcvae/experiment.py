@@ -10,8 +10,8 @@ from guides.mean_field import MeanFieldNormal
 from inference import evaluate_importance
 from inference.training.schedules import progressive_facets
 from pyro_models.experiment_kit import plots
-from pyro_models.experiment_kit.real_latents import TRAIN_EVAL_BINARISATION_SEED, DensityExperiment
-from pyro_models.experiment_kit.protocol import EvaluationPlan, TrainDefaults, set_threads
+from pyro_models.experiment_kit.protocol import EvaluationPlan, RunContext, TrainDefaults, set_threads
+from pyro_models.experiment_kit.real_latents import TRAIN_EVAL_BINARISATION_SEED, RealLatentExperiment
 from pyro_models.core import AT_LEAST_ONE, device_of, setting
 from pyro_models.datasets import IMAGE_DATASETS
 from pyro_models.datasets.vector_data import as_float, binarise_fixed, evenly_spaced
@@ -21,6 +21,8 @@ from pyro_models.mfcvae.model import MFCVAE, MFCVAEConfig
 
 GMM_SEED = 0
 DATASETS = ("digits", "mnist", "fashion_mnist", "svhn", "3dshapes")
+
+
 @dataclass(frozen=True)
 class Budget:
     """A data set's training budget: the runner's defaults and the progressive schedule's."""
@@ -58,10 +60,12 @@ LAST_FADE_IN_BY = 0.7
 
 @dataclass
 class MFCVAESettings:
-    phase_steps: int = setting(0, "steps the deepest facet trains alone before the next facet fades in, and between "
-                               "later facets (0: the data set's default; the paper's MNIST run used 23500)")
-    fade_in_steps: int = setting(0, "steps over which a new facet's decoder input and KL weight rise 0 -> 1 "
-                                 "(0: the data set's default; the paper used 15000)")
+    phase_steps: int | None = setting(None, "steps the deepest facet trains alone before the next facet fades in, and "
+                                      "between later facets (default: the data set's, fitted to the run's length; the "
+                                      "paper's MNIST run used 23500)", valid=AT_LEAST_ONE)
+    fade_in_steps: int | None = setting(None, "steps over which a new facet's decoder input and KL weight rise 0 -> 1 "
+                                        "(default: the data set's, fitted to the run's length; the paper used 15000)",
+                                        valid=AT_LEAST_ONE)
     progressive: bool = setting(True, "progressive training (off: all facets from step 0)")
     gmm_init_points: int = setting(10000, "training points whose encoder outputs initialise the cluster means", valid=AT_LEAST_ONE)
     iwae_k: int = setting(100, "importance samples per test point for test_iwae", valid=AT_LEAST_ONE, evaluation=True)
@@ -70,6 +74,12 @@ class MFCVAESettings:
     eval_max_rows: int = setting(32768, "particles x points per forward pass (bounds evaluation memory)", valid=AT_LEAST_ONE, evaluation=True)
     threads: int = setting(1, "torch intra-op threads (0: torch's default); on a shared 2-core machine one thread per "
                            "run was 4x faster than two")
+
+    def __post_init__(self):
+        # runs written before these settings took None wrote 0 for "the data set's default"
+        for name in ("phase_steps", "fade_in_steps"):
+            if getattr(self, name) == 0:
+                setattr(self, name, None)
 
 
 def fit_cluster_means(z_per_facet, clusters, seed: int) -> list[torch.Tensor]:
@@ -85,7 +95,7 @@ def fit_cluster_means(z_per_facet, clusters, seed: int) -> list[torch.Tensor]:
     return means
 
 
-class MFCVAEExperiment(DensityExperiment):
+class MFCVAEExperiment(RealLatentExperiment):
     name = "mfcvae"
     model_cls = MFCVAE
     description = "multi-facet clustering VAE of Falck et al. (2021): a mixture-of-Gaussians prior per facet, ladder networks"
@@ -93,35 +103,41 @@ class MFCVAEExperiment(DensityExperiment):
     settings_cls = MFCVAESettings
     datasets = DATASETS
     default_dataset = "digits"
-    supports_bf16 = True  # 300 steps on digits: loss within 0.004 nats of fp32's; 1.5x (digits), 1.7x (mnist) faster
+    bf16_refusal = None  # 300 steps on digits: loss within 0.004 nats of fp32's; 1.5x (digits), 1.7x (mnist) faster
     # guides, default_guide, supports_local_guide: the density experiments' (all real-site families)
     quick_evaluation = {"iwae_k": 10}  # the clustering scores keep every test point
+    trains_with_objectives = False  # the ELBO only (no --objective/--refine settings)
 
     def train_defaults(self, dataset):
         budget = budget_of(dataset)
         return TrainDefaults(steps=budget.steps, batch_size=budget.batch_size, lr=budget.lr,
                              log_every=100 if budget.steps < 10000 else 250, checkpoint_every=1000)
 
-    def load_data(self, dataset, data_dir):
-        if dataset in IMAGE_DATASETS:
-            return IMAGE_DATASETS[dataset](data_dir)
+    def load_data(self, ctx: RunContext):
+        if ctx.dataset in IMAGE_DATASETS:
+            return IMAGE_DATASETS[ctx.dataset](ctx.data_dir)
         from pyro_models.datasets import COLOUR_IMAGE_DATASETS
 
-        return COLOUR_IMAGE_DATASETS[dataset](data_dir)
+        return COLOUR_IMAGE_DATASETS[ctx.dataset](ctx.data_dir)
 
     # --- model and guide ---------------------------------------------------------------------
-    def build(self, config, settings, data, guide, local):
-        """The density experiments' model + guide (+ r(v|z,x) for auxflow), then the GMM
-        initialisation of the clusters."""
-        set_threads(settings.threads)
-        config.image_shape = tuple(data.image_shape)
-        built = super().build(config, settings, data, guide, local)
-        q, model = built.guide, built.model
-        built.info.update(dataset=data.name, label_names=data.notes.get("label_names"))
-        if q.amortised:  # a local guide starts at the prior: nothing to fit a mixture to
-            x = as_float(data.train[:settings.gmm_init_points])
-            model.set_clusters(fit_cluster_means(self.posterior_means(built, x), model.config.clusters, GMM_SEED))
+    def model_config(self, ctx: RunContext, data):
+        return dataclasses.replace(super().model_config(ctx, data), image_shape=tuple(data.image_shape))
+
+    def build(self, ctx: RunContext, data):
+        """The real-latent experiments' model + guide (+ r(v|z,x) for auxflow)."""
+        set_threads(ctx.settings.threads)
+        built = super().build(ctx, data)
+        built.info.update(label_names=data.notes.get("label_names"))
         return built
+
+    def initialise(self, ctx: RunContext, built, data):
+        """The paper's initialisation of the clusters: a GMM on the encoder's outputs (a fresh run's
+        only: a restored run's clusters come from its checkpoint)."""
+        if built.guide.amortised:  # a local guide starts at the prior: nothing to fit a mixture to
+            x = as_float(data.train[:ctx.settings.gmm_init_points])
+            built.model.set_clusters(fit_cluster_means(self.posterior_means(built, x), built.model.config.clusters,
+                                                       GMM_SEED))
 
     @torch.no_grad()
     def posterior_means(self, built, x, idx=None, samples: int = 32) -> list[torch.Tensor]:
@@ -138,42 +154,43 @@ class MFCVAEExperiment(DensityExperiment):
         return means
 
     # --- training (batches and steps per epoch: the density experiments') ---------------------
-    def schedule_steps(self, settings, dataset) -> tuple[int, int]:
-        budget = budget_of(dataset)
-        return settings.phase_steps or budget.phase_steps, settings.fade_in_steps or budget.fade_in_steps
+    def schedule_steps(self, ctx: RunContext) -> tuple[int, int]:
+        budget, settings = budget_of(ctx.dataset), ctx.settings
+        return (budget.phase_steps if settings.phase_steps is None else settings.phase_steps,
+                budget.fade_in_steps if settings.fade_in_steps is None else settings.fade_in_steps)
 
-    def fit_to_length(self, config, settings, dataset: str, steps: int, given: set[str]):
+    def fit_to_length(self, ctx: RunContext, steps: int, given: set[str]):
         """The progressive schedule as explicit step counts for a run of ``steps``: the data set's
         phase and fade-in lengths scaled down with a run shorter than its budget (so that every
         facet fades in), never up. Lengths given on the command line are kept, and refused when
         the last facet would not be in by the end of the run."""
-        facets = len(config.latent_dims)
+        facets, settings = len(ctx.config.latent_dims), ctx.settings
         if not settings.progressive or facets == 1:
             return settings
-        phase, fade = self.schedule_steps(settings, dataset)
+        phase, fade = self.schedule_steps(ctx)
         if given & {"phase_steps", "fade_in_steps"}:
             if (facets - 1) * phase + fade > steps:
                 raise ValueError(f"--phase-steps {phase} and --fade-in-steps {fade}: the last of {facets} facets is in "
                                  f"only after {(facets - 1) * phase + fade} steps, more than the run's {steps}; shorten "
                                  "them, give more --steps, or leave them out to have them fitted to the run")
             return dataclasses.replace(settings, phase_steps=phase, fade_in_steps=fade)
-        scale = min(1.0, steps / budget_of(dataset).steps, LAST_FADE_IN_BY * steps / ((facets - 1) * phase + fade))
+        scale = min(1.0, steps / budget_of(ctx.dataset).steps, LAST_FADE_IN_BY * steps / ((facets - 1) * phase + fade))
         return dataclasses.replace(settings, phase_steps=max(1, round(phase * scale)),
                                    fade_in_steps=max(1, round(fade * scale)))
 
-    def schedule(self, settings, built):
-        if not settings.progressive or built.model.num_facets == 1:
+    def schedule(self, ctx: RunContext, built):
+        if not ctx.settings.progressive or built.model.num_facets == 1:
             return None
-        phase, fade = self.schedule_steps(settings, built.info["dataset"])
-        return progressive_facets(built.model.num_facets, phase, fade)
+        return progressive_facets(built.model.num_facets, *self.schedule_steps(ctx))
 
-    def on_log(self, built, data, settings):
+    def on_log(self, ctx: RunContext, built, data):
         """Clustering accuracy per facet on a few test points, so the curves show when the
         facets organise (the model is switched to eval mode and back)."""
-        if not built.guide.amortised or data.test_labels is None or settings.log_eval_points <= 0:
+        points = ctx.settings.log_eval_points
+        if not built.guide.amortised or data.test_labels is None or points <= 0:
             return None
-        x = as_float(data.test[:settings.log_eval_points])
-        labels = primary_labels(data.test_labels[:settings.log_eval_points])
+        x = as_float(data.test[:points])
+        labels = primary_labels(data.test_labels[:points])
 
         def metrics(step):
             assignments = self.assignments(built, x)
@@ -201,20 +218,23 @@ class MFCVAEExperiment(DensityExperiment):
             x = binarise_fixed(x, TRAIN_EVAL_BINARISATION_SEED)
         return "train", x, data.train_labels, torch.arange(n)
 
-    def evaluate(self, built, data, settings, out_dir, progress):
+    def evaluate(self, ctx: RunContext, built, data, out_dir, progress, parallel=None):
+        settings = ctx.settings
         label, x, labels, idx = self.evaluation_split(built, data, settings)
         points = {"x": x} if idx is None else {"x": x, "idx": idx}
         result = evaluate_importance(self.model_program(built), built.guide, points, settings.iwae_k,
                                      max_plate_nesting=1, max_rows=settings.eval_max_rows, progress=progress,
-                                     desc=f"IWAE-{settings.iwae_k}", parallel=built.info.get("parallel"))
+                                     desc=f"IWAE-{settings.iwae_k}", parallel=parallel)
         summary = result.summary(label)
         summary.update({"iwae_k": settings.iwae_k, f"num_{label}_points": x.shape[0]})
         summary.update(self.clustering_summary(built, x, labels, idx))
-        phase, fade = self.schedule_steps(settings, built.info["dataset"])
-        summary.update({"progressive_phase_steps": phase if settings.progressive else 0, "fade_in_steps": fade})
+        progressive = settings.progressive and built.model.num_facets > 1
+        phase, fade = self.schedule_steps(ctx) if progressive else (None, None)
+        summary.update({"phase_steps": phase, "fade_in_steps": fade})
         return summary
 
-    def evaluation_plan(self, built, data, settings, batch_size):
+    def evaluation_plan(self, ctx: RunContext, built, data):
+        settings = ctx.settings
         x = data.test if built.guide.amortised else data.train
         n = min(settings.eval_points or x.shape[0], x.shape[0])
         return EvaluationPlan(f"IWAE-{settings.iwae_k} and the clustering scores on {n} points",
@@ -239,7 +259,7 @@ class MFCVAEExperiment(DensityExperiment):
         summary["best_acc"] = max(summary[f"facet{j}_acc"] for j in range(built.model.num_facets))
         return summary
 
-    def plot(self, built, data, out_dir):
+    def plot(self, ctx: RunContext, built, data, out_dir, summary):
         files = [plots.training_curve(out_dir / "metrics.csv", out_dir / "training_curve.png", ylabel="training loss per data point")]
         files.append(mfcvae_plots.accuracy_curves(out_dir / "metrics.csv", out_dir / "facet_accuracy.png"))
         _, x, labels, idx = self.evaluation_split(built, data, MFCVAESettings(eval_points=2000))
