@@ -59,14 +59,14 @@ from torch.distributions import Independent, Normal
 from guides import AuxiliaryFlowNormal, FlowDistribution, MeanFieldNormal
 
 from .log_weights import DATA_PLATE, check_sites_match, sum_sites
-from .objectives import batch_size_of
+from .objectives import Objective, batch_size_of
 from .refine import RefinedGuide
 
 GRADIENTS = ("standard", "dreg")
 DREG_FAMILIES = "ffg (MeanFieldNormal), realnvp (RealNVPNormal), auxflow (AuxiliaryFlowNormal)"
 
 
-class IwaeObjective:
+class IwaeObjective(Objective):
     """Negative IWAE-K bound per data point, for the runner (``objective(batch, **schedule) -> float``;
     it back-propagates itself, as ``ElboObjective`` does).
 

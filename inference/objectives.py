@@ -19,7 +19,24 @@ def batch_size_of(batch: dict) -> int:
     raise ValueError("cannot tell the batch size: the batch holds no tensor with a batch dimension")
 
 
-class ElboObjective:
+class Objective:
+    """What the training loop steps. ``objective(batch, **schedule) -> float``: one batch's loss,
+    back-propagated. Declared here, with their defaults: ``differentiable`` (``loss_tensor(batch,
+    **schedule)`` gives the loss without back-propagating it, so DistributedDataParallel can) and
+    ``global_batch`` (the loss reaches across the batch: see ``GlobalBatchLoss``). A plain function
+    of the batch is an objective too (neither differentiable nor global)."""
+
+    differentiable: bool = False
+    global_batch: bool = False
+
+    def __call__(self, batch: dict, **schedule) -> float:
+        raise NotImplementedError
+
+    def loss_tensor(self, batch: dict, **schedule) -> torch.Tensor:
+        raise NotImplementedError(f"{type(self).__name__} back-propagates its loss itself")
+
+
+class ElboObjective(Objective):
     """Negative ELBO per data point, for any Pyro ELBO.
 
     ELBOs with ``differentiable_loss`` (Trace_ELBO, TraceMeanField_ELBO, TraceEnum_ELBO) give a
@@ -84,7 +101,7 @@ class ElboObjective:
             return loss
 
 
-class LossObjective:
+class LossObjective(Objective):
     """Any differentiable scalar ``loss_fn(**batch, **schedule)``; the runner minimises it."""
 
     differentiable = True

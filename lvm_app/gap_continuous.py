@@ -4,7 +4,7 @@ modules become the model, the guide and the program that scores it, and the esti
 import sys
 
 from guides import build_guide, guide_family
-from inference import GapEstimates, GapSettings, RefinedGuide
+from inference import GapEstimates, GapSettings
 from inference.gap import continuous_estimates
 from inference.throughput import matmul_peak_gflops
 from lvm_app.command import program_name

@@ -183,6 +183,22 @@ def test_no_source_file_holds_a_data_table(path):
     assert biggest <= 400, f"{path.relative_to(ROOT)} holds a literal of {biggest} elements or characters"
 
 
+def test_every_data_file_in_a_package_ships_with_it():
+    """A data file a package reads (the FSDD checksums) is package data, so an installed copy has it."""
+    import fnmatch
+    import tomllib
+
+    declared = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]["package-data"]
+    files = [path for package in PACKAGES for path in (ROOT / package).rglob("*")
+             if path.is_file() and path.suffix not in (".py", ".pyc") and "__pycache__" not in path.parts]
+    assert any(path.name == "fsdd_sha256.txt" for path in files)
+    for path in files:
+        package = ".".join(path.parent.relative_to(ROOT).parts)
+        patterns = declared.get(package, []) + declared.get("*", [])
+        assert any(fnmatch.fnmatch(path.name, pattern) for pattern in patterns), (
+            f"{path.relative_to(ROOT)} is not package data: add it to [tool.setuptools.package-data] in pyproject.toml")
+
+
 @pytest.mark.parametrize("script", sorted(p.name for p in (ROOT / "run").glob("*.py")))
 def test_every_run_script_answers_help(script):
     result = subprocess.run([sys.executable, str(ROOT / "run" / script), "--help"], capture_output=True, text=True,

@@ -87,9 +87,9 @@ class MixedPrecision:
 
 class MixedPrecisionObjective:
     """A training objective whose calls run under ``MixedPrecision``: ``__call__`` (loss and
-    backward pass) and ``loss_tensor`` (the loss DistributedDataParallel back-propagates). Every
-    other attribute (``differentiable``, ``global_batch``, ...) is the wrapped objective's, so
-    the runner treats it exactly as the objective it wraps."""
+    backward pass) and ``loss_tensor`` (the loss DistributedDataParallel back-propagates); its
+    ``differentiable`` and ``global_batch`` are the wrapped objective's, so the runner treats it
+    exactly as the objective it wraps."""
 
     def __init__(self, objective, context: MixedPrecision):
         self.objective = objective
@@ -103,10 +103,13 @@ class MixedPrecisionObjective:
         with self.context:
             return self.objective.loss_tensor(batch, **schedule)
 
-    def __getattr__(self, name):
-        if name in ("objective", "context"):  # not yet set (copying, unpickling)
-            raise AttributeError(name)
-        return getattr(self.objective, name)
+    @property
+    def differentiable(self) -> bool:
+        return getattr(self.objective, "differentiable", False)
+
+    @property
+    def global_batch(self) -> bool:
+        return getattr(self.objective, "global_batch", False)
 
 
 def autocast_device_type(device) -> str:

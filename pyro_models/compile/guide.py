@@ -32,6 +32,8 @@ MIN_ALLOWED = 1e-6  # a position less likely than this to follow the previous bo
 
 
 class CompILEGuide(nn.Module):
+    amortised = True  # one network gives every sequence's distribution (what the gap report asks)
+
     def __init__(self, config: CompILEConfig | None = None, name: str | None = None, plate_name: str = DATA_PLATE):
         super().__init__()
         self.config = config = config or CompILEConfig()

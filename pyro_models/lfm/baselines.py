@@ -3,6 +3,7 @@ baselines for the latent site (none, a decaying average, or a network of the wor
 import torch
 from torch import nn
 
+from inference.objectives import Objective
 from pyro_models.lfm.model import bernoulli_kl, sequence_mask
 
 BASELINES = ("none", "decaying", "neural")
@@ -45,7 +46,7 @@ class Baselines(nn.Module):
         return {}
 
 
-class FreeNatsObjective:
+class FreeNatsObjective(Objective):
     """Free nats: the KL term gets weight 0 (no gradient) while the batch's mean analytic KL is
     below ``free_nats``, i.e. the gradient of E[log p(x | z)] - max(KL, free_nats). The returned
     loss is then not the ELBO; the logged train/dev ELBO are."""

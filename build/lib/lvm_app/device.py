@@ -1,0 +1,32 @@
+"""``--device`` of every command (run/svi.py, run/gap.py, run/probe.py, run/gap_atlas.py): the
+same choices, the same refusal. Imports only torch, so light commands (the atlas) can use it."""
+import re
+
+import torch
+
+DEVICE_CHOICES = "auto, cpu, cuda or cuda:N"
+DEVICE_HELP = f"{DEVICE_CHOICES} (auto: a GPU when there is one; a checkpoint written on any device loads on any other)"
+
+
+class UsageError(Exception):
+    """Bad usage found after parsing (exit 2, one line)."""
+
+
+def cuda_devices() -> int:
+    """The CUDA devices usable here (0 without a GPU). Tests patch it to simulate one."""
+    return torch.cuda.device_count() if torch.cuda.is_available() else 0
+
+
+def resolve_device(name: str) -> torch.device:
+    """``auto``: the GPU when there is one; a CUDA device asked for where there is none is refused."""
+    if not re.fullmatch(r"auto|cpu|cuda(:\d+)?", name):  # torch.device would also take "meta", "mps", ...
+        raise UsageError(f"--device {name!r}: choose from {DEVICE_CHOICES}")
+    count = cuda_devices()
+    if name == "auto":
+        return torch.device("cuda" if count else "cpu")
+    device = torch.device(name)
+    if device.type == "cuda" and not count:
+        raise UsageError(f"--device {name}: this machine has no CUDA device; use --device cpu")
+    if device.type == "cuda" and device.index is not None and device.index >= count:
+        raise UsageError(f"--device {name}: there are only {count} CUDA devices")
+    return device

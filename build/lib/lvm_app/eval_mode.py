@@ -1,0 +1,65 @@
+"""``--eval``: which evaluation protocol follows training, and what it will cost.
+
+The papers' protocols (e.g. IWAE-5000 on all 10000 test images, supervised baselines of 1000
+steps) can take far longer than a short training run. ``--eval paper`` keeps them, by name;
+``--eval quick`` uses each model's ``quick_evaluation`` settings; ``--eval auto`` (the default)
+chooses the paper's protocol for a run of at least the model's default length and the quick one
+for a shorter run. Settings given on the command line always win over the protocol's. The cost
+is printed before the evaluation starts.
+"""
+import dataclasses
+
+PROTOCOLS = ("auto", "quick", "paper")
+
+
+def choose_protocol(requested: str, experiment, steps: int, default_steps: int) -> tuple[str, str]:
+    """(protocol, why): ``requested`` unless it is ``auto``."""
+    if requested != "auto":
+        return requested, f"--eval {requested}"
+    if not experiment.quick_evaluation:
+        return "paper", f"model {experiment.name} has one evaluation"
+    if steps >= default_steps:
+        return "paper", f"{steps} training steps, at least the model's default {default_steps}"
+    return "quick", f"{steps} training steps, fewer than the model's default {default_steps}"
+
+
+def settings_for(experiment, settings, given: set[str], protocol: str):
+    """The settings with the protocol's evaluation values, except those given on the command line."""
+    if protocol == "paper":
+        defaults = experiment.settings_cls()
+        values = {name: getattr(defaults, name) for name in experiment.quick_evaluation}
+    else:
+        values = dict(experiment.quick_evaluation)
+    return dataclasses.replace(settings, **{k: v for k, v in values.items() if k not in given})
+
+
+def duration(seconds: float) -> str:
+    if seconds < 90:
+        return f"{seconds:.0f} s"
+    return f"{seconds / 60:.0f} min" if seconds < 5400 else f"{seconds / 3600:.1f} h"
+
+
+def announcement(experiment, ctx, built, data, given: set[str], protocol: str, why: str,
+                 seconds_per_step: float | None) -> str | None:
+    """One line: what the evaluation computes, roughly how long it takes, and the other protocol's cost.
+
+    Seconds are estimated from the run's training speed, a point-pass of evaluation costing a
+    third of a training point's forward and backward pass: rough, but in the right unit."""
+    plan = experiment.evaluation_plan(ctx, built, data)
+    if plan is None:
+        return None
+    batch_size = ctx.batch_size
+
+    def cost(p) -> str:
+        if not seconds_per_step:
+            return f"{p.point_passes:.2g} point passes"
+        return f"about {duration(p.point_passes * seconds_per_step / (3 * batch_size))}"
+
+    line = f"evaluation ({protocol}: {why}): {plan.description}; {cost(plan)}"
+    if experiment.quick_evaluation:
+        other = "quick" if protocol == "paper" else "paper"
+        other_ctx = ctx.replace(settings=settings_for(experiment, ctx.settings, given, other))
+        other_plan = experiment.evaluation_plan(other_ctx, built, data)
+        if other_plan.description != plan.description:
+            line += f" (--eval {other}: {cost(other_plan)})"
+    return line

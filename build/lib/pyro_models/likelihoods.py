@@ -1,0 +1,30 @@
+"""Likelihoods with log-densities fast enough for importance sampling with thousands of particles."""
+import torch
+from pyro import distributions as dist
+
+
+class BernoulliLogits(dist.Bernoulli):
+    """Bernoulli(logits=l) with log p(x) = x l - max(l, 0) - log(1 + exp(-|l|)).
+
+    The same distribution as ``dist.Bernoulli(logits=l)``; only ``log_prob`` is computed
+    differently, because torch's CPU log-sigmoid and softplus kernels are 5-10x slower than
+    exp + log here and dominate the cost of a VAE's likelihood. The absolute error (when
+    1 + exp(-|l|) rounds to 1) is below 6e-8 per pixel. Values are not validated: the data
+    loaders check binarity once.
+    """
+
+    def __init__(self, logits: torch.Tensor):
+        super().__init__(logits=logits, validate_args=False)
+
+    def expand(self, batch_shape, _instance=None):
+        return BernoulliLogits(self.logits.expand(torch.Size(batch_shape)))
+
+    def log_prob(self, value: torch.Tensor) -> torch.Tensor:
+        logits = self.logits
+        if torch.is_grad_enabled() and logits.requires_grad:
+            return value * logits - logits.clamp(min=0) - torch.log(1 + torch.exp(-logits.abs()))
+        # Without autograd (evaluation: thousands of particles), the same formula in place:
+        # two allocations instead of eight, which matters at (particles, points, pixels) sizes.
+        out = logits.abs().neg_().exp_().add_(1).log_()
+        out.add_(logits.clamp(min=0)).addcmul_(value, logits, value=-1)
+        return out.neg_()
