@@ -80,7 +80,7 @@ def _lfm(guide, *extra):
 
 
 FAMILIES = ("ffg", "planar", "realnvp", "auxflow")
-# Semi-amortised FFG (guides.RefinedGuide; docs/results/amortisation.md): refined by 100 steps at
+# Semi-amortised FFG (inference.RefinedGuide; docs/results/amortisation.md): refined by 100 steps at
 # evaluation only (trained as the plain ffg), and SA-VAE-style training with 5 steps (stop-gradient).
 REFINED = (_vae("ffg", "refine100-eval", "--refine", "100", "--refine-lr", "0.002", "--refine-mode", "eval"),
            _vae("ffg", "refine5-detach", "--refine", "5", "--refine-lr", "0.003", "--refine-mode", "detach"))

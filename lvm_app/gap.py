@@ -71,7 +71,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--local-lr", type=float, default=1e-2)
     p.add_argument("--local-particles", type=int, default=10)
     p.add_argument("--refine", type=int, help="evaluate the run's amortised guide refined per point by this many gradient "
-                   "steps on each point's ELBO (guides.RefinedGuide; default: the run's own --refine, else none)")
+                   "steps on each point's ELBO (inference.RefinedGuide; default: the run's own --refine, else none)")
     p.add_argument("--refine-lr", type=float, help="step size of --refine (default: the run's, else 0.002)")
     p.add_argument("--data-dir", help="data directory (default: the run's)")
     p.add_argument("--out", help="where gap.json and gap.md go (default: the checkpoint directory)")

@@ -23,8 +23,8 @@ from pathlib import Path
 
 from lvm_app.atlas_entries import ENTRIES, AtlasEntry
 from lvm_app.atlas_report import write_report
-from lvm_app.device import DEVICE_CHOICES, UsageError, resolve_device
 from lvm_app.command import CommandParser, program_name
+from lvm_app.device import DEVICE_CHOICES, UsageError, resolve_device
 
 PROG = program_name("run/gap_atlas.py")  # the prefix of every message
 

@@ -62,7 +62,7 @@ class GapEstimates:
     details: dict = field(default_factory=dict)  # anything else for gap.json (settings, timings, diagnostics)
     local_at_limit: int | None = None  # points whose q* stopped on the step limit, not the stopping rule (None: unknown)
     local_max_steps: int | None = None  # that limit
-    # A semi-amortised guide (guides.RefinedGuide): L[q] and IWAE-K above are the refined q's; these
+    # A semi-amortised guide (inference.RefinedGuide): L[q] and IWAE-K above are the refined q's; these
     # are the encoder's own q before refinement (None for any other guide).
     elbo_unrefined: Estimate | None = None
     iwae_unrefined: Estimate | None = None

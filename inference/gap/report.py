@@ -16,7 +16,7 @@ guide; L[q*] from a local guide of the same family optimised per point, which ne
 checks itself (inference/gap/checks.py): failed checks are listed in ``report["checks"]``, set
 ``report["converged"]`` to False and are raised as ``GapCheckWarning``s; the numbers stay.
 
-A semi-amortised guide (``guides.RefinedGuide``) is refined once per point: L[q] and IWAE-K are
+A semi-amortised guide (``inference.RefinedGuide``) is refined once per point: L[q] and IWAE-K are
 those of the refined q, and ``elbo_amortised_unrefined``, ``iwae_unrefined``,
 ``amortisation_gap_unrefined`` and ``refinement_gain`` those of the encoder's own q before it;
 q* is fitted from the encoder's output, as for the plain guide.

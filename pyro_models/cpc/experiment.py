@@ -29,6 +29,9 @@ from inference.infonce import MODES, info_nce
 from inference.training.metrics_log import read_metrics
 from inference.training.prefetch import PrefetchedBatches
 from pyro_models.core import AT_LEAST_ONE, NON_NEGATIVE, device_of
+from pyro_models.cpc.data import FRAME, SAMPLE_RATE, SPEECH_DATASETS, WindowBatches
+from pyro_models.cpc.model import CPC, ConvEncoder, CPCConfig, paper_layers, parse_layers
+from pyro_models.cpc.probes import context_features, mfcc_features, probe_both, train_supervised
 from pyro_models.experiment_kit import plots
 from pyro_models.experiment_kit.protocol import (
     Built,
@@ -39,9 +42,6 @@ from pyro_models.experiment_kit.protocol import (
     set_threads,
     setting,
 )
-from pyro_models.cpc.data import FRAME, SAMPLE_RATE, SPEECH_DATASETS, WindowBatches
-from pyro_models.cpc.model import CPC, ConvEncoder, CPCConfig, paper_layers, parse_layers
-from pyro_models.cpc.probes import context_features, mfcc_features, probe_both, train_supervised
 
 DEFAULT_WINDOW = {"fsdd": 4000, "librispeech100": 20480}  # FSDD clips: median 6700 samples at 16 kHz
 BASELINES = ("random", "mfcc", "supervised")

@@ -3,7 +3,7 @@ model, MFCVAE): any real-site guide family, amortised or local, trained with
 Trace_ELBO and scored by importance sampling. The VAE and the linear-Gaussian model also train
 with the IWAE-K bound (``--objective iwae --particles K [--gradient dreg]``) and with
 semi-amortised guides (``--refine K [--refine-lr X] [--refine-mode eval|detach|full]``:
-``guides.RefinedGuide``)."""
+``inference.RefinedGuide``)."""
 import dataclasses
 from dataclasses import dataclass
 
@@ -12,8 +12,8 @@ import torch
 
 from guides import auxiliary_reverse_for, build_guide, guide_family, with_auxiliary
 from inference import ElboObjective, IwaeObjective, RefinedGuide, evaluate_importance
-from inference.refine import MODES as REFINE_MODES
 from inference.iwae_objective import GRADIENTS
+from inference.refine import MODES as REFINE_MODES
 from inference.training.schedules import kl_warmup
 from pyro_models.core import AT_LEAST_ONE, POSITIVE, device_of, setting
 from pyro_models.datasets.vector_data import as_float, binarise_fixed, evenly_spaced

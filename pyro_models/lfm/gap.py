@@ -15,13 +15,13 @@ import torch
 from tqdm.auto import tqdm
 
 from guides import ConcreteBernoulli, MeanFieldBernoulli
+from inference import Estimate, GapEstimates, GapSettings
 from inference.enumeration import (
     all_codes,
     bernoulli_entropy,
     mean_field_elbo,
     optimise_mean_field,
 )
-from inference import Estimate, GapEstimates, GapSettings
 from pyro_models.core import device_of
 
 MAX_BITS = 16  # 2^16 decoder passes per word (~5-8 s at one thread for the 256-unit LSTM)

@@ -9,12 +9,12 @@ import torch
 from guides.mean_field import MeanFieldNormal
 from inference import evaluate_importance
 from inference.training.schedules import progressive_facets
-from pyro_models.experiment_kit import plots
-from pyro_models.experiment_kit.protocol import EvaluationPlan, RunContext, TrainDefaults, set_threads
-from pyro_models.experiment_kit.real_latents import TRAIN_EVAL_BINARISATION_SEED, RealLatentExperiment
 from pyro_models.core import AT_LEAST_ONE, device_of, setting
 from pyro_models.datasets import IMAGE_DATASETS
 from pyro_models.datasets.vector_data import as_float, binarise_fixed, evenly_spaced
+from pyro_models.experiment_kit import plots
+from pyro_models.experiment_kit.protocol import EvaluationPlan, RunContext, TrainDefaults, set_threads
+from pyro_models.experiment_kit.real_latents import TRAIN_EVAL_BINARISATION_SEED, RealLatentExperiment
 from pyro_models.mfcvae import plots as mfcvae_plots
 from pyro_models.mfcvae.clustering import cluster_accuracy, clusters_used, nmi
 from pyro_models.mfcvae.model import MFCVAE, MFCVAEConfig

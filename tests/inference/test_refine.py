@@ -1,4 +1,4 @@
-"""Semi-amortised guides (guides.RefinedGuide) on the linear-Gaussian model, whose best diagonal
+"""Semi-amortised guides (inference.RefinedGuide) on the linear-Gaussian model, whose best diagonal
 Gaussian and ELBO are known in closed form."""
 import math
 

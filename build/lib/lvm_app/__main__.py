@@ -1,6 +1,0 @@
-"""``python -m lvm_app --model M ...``: train and evaluate (the same as run/svi.py)."""
-import sys
-
-from lvm_app.cli import main
-
-sys.exit(main())
