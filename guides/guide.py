@@ -4,6 +4,7 @@ from collections.abc import Callable, Sequence
 import pyro
 import torch
 from pyro import poutine
+from pyro.infer.util import is_validation_enabled
 from torch import nn
 
 from pyro_models.core import DATA_PLATE, LatentSite, batch_size_of, data_plate, latent_scale, unique_name
@@ -49,6 +50,8 @@ class Guide(nn.Module):
 
     def forward(self, *args, idx=None, latent_scales=None, num_data=None, batch_size=None, **data):
         pyro.module(self.name, self)
+        if is_validation_enabled():  # Pyro's checks: the data, before the encoder turns a NaN into a NaN parameter
+            check_finite_data(args, data)
         batch = batch_size_of_call(args, data, idx, batch_size)
         with data_plate(self.plate_name, batch, idx, num_data) as indices:
             rows = idx if idx is not None or num_data is None else indices  # a local guide's rows
@@ -69,6 +72,14 @@ class Guide(nn.Module):
             with latent_scale(name, latent_scales):
                 values[name] = sample(chunk)
         return values
+
+
+def check_finite_data(args: tuple, data: dict) -> None:
+    """Refuse data holding a NaN or an infinity, naming them (ValueError)."""
+    named = {**{f"argument {i}": value for i, value in enumerate(args)}, **data}
+    for key, value in named.items():
+        if torch.is_tensor(value) and value.is_floating_point() and not torch.isfinite(value).all():
+            raise ValueError(f"the data {key!r} given to the guide hold a NaN or an infinite value: clean the data first")
 
 
 def batch_size_of_call(args, data: dict, idx, batch_size, required: bool = True) -> int | None:

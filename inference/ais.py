@@ -37,7 +37,7 @@ from pyro.distributions import constraints
 from pyro.poutine.util import site_is_subsample
 from tqdm.auto import tqdm
 
-from .log_weights import DATA_PLATE, sum_sites
+from .log_weights import DATA_PLATE, check_data, check_observed, sum_sites
 
 PILOT_WARMUP = 20  # transitions at beta = 0, before annealing, in which the pilot finds the prior's step size
 
@@ -109,7 +109,9 @@ class LogJoint:
         self.model, self.batch, self.num_chains, self.data_plate = model, batch, num_chains, data_plate
         self.max_plate_nesting = max_plate_nesting
         self.observed = observed or {}  # site name -> value (simulated data), overriding obs=
+        check_data(batch)
         trace = self._trace({})
+        check_observed(trace)
         self.latents, self.observed_names = [], set()
         for name, site in trace.nodes.items():
             if site["type"] != "sample" or site_is_subsample(site):
@@ -153,7 +155,8 @@ class LogJoint:
         return self._initial
 
     def __call__(self, z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        trace = self._trace(self.unflatten(z))
+        with pyro.validation_enabled(False):  # the first trace was checked; the chains' are not re-validated
+            trace = self._trace(self.unflatten(z))
         args = (self.num_chains, self.max_plate_nesting, False)
         return (sum_sites(trace, *args, names=self.latent_names, data_plate=self.data_plate),
                 sum_sites(trace, *args, names=self.observed_names, data_plate=self.data_plate))

@@ -19,13 +19,53 @@ def log_weights(model, guide, num_particles: int, max_plate_nesting: int = 1, *,
     """Tensor (num_particles, batch size): one log-weight per particle and data point.
     ``data_plate``: the name of the model's per-datapoint plate."""
     particle_dim = -(max_plate_nesting + 1)
+    check_data(batch)  # before the guide: a NaN would otherwise be reported as the guide's
     with pyro.plate("particles", num_particles, dim=particle_dim):
         guide_trace = poutine.trace(guide).get_trace(**batch)
         model_trace = poutine.trace(poutine.replay(model, trace=guide_trace)).get_trace(**batch)
     check_sites_match(model_trace, guide_trace)
+    check_observed(model_trace)
     log_p = sum_sites(model_trace, num_particles, max_plate_nesting, latent_only=False, data_plate=data_plate)
     log_q = sum_sites(guide_trace, num_particles, max_plate_nesting, latent_only=True, data_plate=data_plate)
     return log_p - log_q
+
+
+class DataOutOfSupport(ValueError):
+    """Data given to an estimator that its model's likelihood does not take (a NaN, a 2 where the
+    likelihood is Bernoulli): every bound computed from them would be a number, and wrong."""
+
+
+def check_data(batch: dict) -> None:
+    """Refuse a floating-point data tensor that holds a NaN or an infinity, naming it and the point."""
+    for key, value in batch.items():
+        if torch.is_tensor(value) and value.is_floating_point() and not torch.isfinite(value).all():
+            bad = (~torch.isfinite(value)).reshape(value.shape[0], -1).any(-1).nonzero()[0].item() if value.dim() else 0
+            raise DataOutOfSupport(f"the data {key!r} hold a NaN or an infinite value (point {bad}): an estimate "
+                                   "from them would be meaningless; clean the data first")
+
+
+def check_observed(model_trace) -> None:
+    """Refuse data outside the support of the likelihood that observes them (a value other than 0
+    or 1 for a Bernoulli likelihood, ...), naming the site, the point and the value."""
+    for name, site in model_trace.nodes.items():
+        if site["type"] != "sample" or not site["is_observed"] or site_is_subsample(site):
+            continue
+        value, support = site["value"], site["fn"].support
+        inside = support.check(value)
+        if not torch.is_tensor(inside) or inside.all():
+            continue
+        point = (~inside).nonzero()[0][-1].item() if inside.dim() else 0  # the data plate is the rightmost dim
+        element = support
+        while hasattr(element, "base_constraint"):  # independent(...): the constraint of each element
+            element = element.base_constraint
+        outside = ~element.check(value)
+        shown = value[outside].reshape(-1)[0].item() if outside.shape == value.shape and outside.any() else "?"
+        likelihood = site["fn"]
+        while hasattr(likelihood, "base_dist"):  # to_event(...), masks: the distribution itself
+            likelihood = likelihood.base_dist
+        raise DataOutOfSupport(f"the data at the observed site {name!r} lie outside what its likelihood "
+                               f"({type(likelihood).__name__}) takes, {element}: point {point} holds {shown!r}; "
+                               "bring the data to the model's support (e.g. binarise images for a Bernoulli likelihood)")
 
 
 class SiteMismatch(ValueError):

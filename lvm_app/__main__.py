@@ -1,6 +1,6 @@
 """``python -m lvm_app --model M ...``: train and evaluate (the same as run/svi.py)."""
 import sys
 
-from lvm_app.cli import main
+from lvm_app.entry import train
 
-sys.exit(main())
+sys.exit(train())

@@ -8,6 +8,7 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 
+from inference.training.run_files import save_figure, write_json, write_text
 from lvm_app.gap_markdown import format_or_dash, with_se
 
 COLUMNS = ("log_px", "elbo_local", "elbo_amortised", "approximation_gap", "amortisation_gap")
@@ -111,9 +112,22 @@ def figure(rows: list[dict], path: Path) -> Path:
     fig.legend(handles, ["approximation gap", "amortisation gap", "training subset (left)", "test subset (right)"],
                loc="lower center", ncol=4, fontsize=8)
     fig.tight_layout(rect=(0, 0.08, 1, 1))
-    fig.savefig(path, dpi=90)
-    plt.close(fig)
+    try:
+        save_figure(fig, path, dpi=90)
+    finally:
+        plt.close(fig)
     return path
+
+
+def previous_invocations(path: Path) -> list:
+    """The history of atlas runs kept in atlas.json (a new one where the file is missing or damaged)."""
+    if not path.exists():
+        return []
+    try:
+        return list(json.loads(path.read_text()).get("invocations", []))
+    except (OSError, ValueError, AttributeError, TypeError) as error:
+        print(f"[atlas] {path} is not an atlas report ({error}): its history of invocations starts again", flush=True)
+        return []
 
 
 def write_report(out: Path, entries, invocation: dict | None, tiny: bool = False) -> list[Path]:
@@ -123,11 +137,10 @@ def write_report(out: Path, entries, invocation: dict | None, tiny: bool = False
     total = sum((r["gap_s"] or 0) for r in rows) + sum(
         {r["entry"]: r["train_s"] or 0 for r in rows}.values())
     path = out / "atlas.json"
-    invocations = json.loads(path.read_text()).get("invocations", []) if path.exists() else []
+    invocations = previous_invocations(path)
     if invocation is not None:
         invocations.append(invocation)
-    path.write_text(json.dumps({"rows": rows, "stage_seconds_total": round(total, 1), "invocations": invocations,
-                                "tiny": tiny}, indent=2) + "\n")
+    write_json(path, {"rows": rows, "stage_seconds_total": round(total, 1), "invocations": invocations, "tiny": tiny})
     note = ("Means over the subset's points; ± the Monte Carlo standard error given the points; in brackets the "
             "standard error from the spread over points. Compute: wall seconds of the training run and of this "
             f"split's gap report (one thread each). Sum of all stages: {total:.0f} s.")
@@ -135,6 +148,6 @@ def write_report(out: Path, entries, invocation: dict | None, tiny: bool = False
     if refined:
         note += ("\n\nSemi-amortised guides (their rows above are after refinement): L[q] and the amortisation gap "
                  "before and after refinement.\n\n" + refined)
-    (out / "atlas.md").write_text(("TINY SETTINGS (plumbing check, not results)\n\n" if tiny else "")
-                                  + table(rows) + "\n\n" + note + "\n")
+    write_text(out / "atlas.md", ("TINY SETTINGS (plumbing check, not results)\n\n" if tiny else "")
+               + table(rows) + "\n\n" + note + "\n")
     return [out / "atlas.json", out / "atlas.md", figure(rows, out / "atlas.png")]

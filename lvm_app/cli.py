@@ -12,7 +12,7 @@ from guides import GUIDE_FAMILIES
 from inference import TrainingDiverged, TrainingInterrupted
 from inference.training.parallel import from_environment, shutdown
 from inference.training.precision import PRECISIONS
-from lvm_app.command import CommandParser, program_name
+from lvm_app.command import CommandParser, program_name, seed
 from lvm_app.config_flags import add_dataclass_flags, dataclass_from_args, given_fields
 from lvm_app.device import DEVICE_HELP, UsageError, resolve_device
 from lvm_app.eval_mode import PROTOCOLS
@@ -27,6 +27,7 @@ from pyro_models.datasets import DataError
 from pyro_models.experiment_kit.protocol import RunContext
 
 PROG = program_name("run/svi.py")  # the prefix of every message
+MOST_STEPS, MOST_EPOCHS = 10**9, 10**6  # a longer run is a typing slip: refused before anything is written
 
 
 def bf16_models() -> list[str]:
@@ -70,7 +71,7 @@ def build_parser(experiment=None) -> argparse.ArgumentParser:
                         help="evaluation after training: 'paper', the paper's protocol; 'quick', in proportion to a "
                              "short run; 'auto' (default), the paper's for a run of at least the model's default "
                              "length, else quick. Evaluation flags given explicitly win; the cost is printed first")
-    parser.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
+    parser.add_argument("--seed", type=seed, default=0, help="random seed (default: 0)")
     parser.add_argument("--device", default="auto", help=DEVICE_HELP)
     parser.add_argument("--precision", choices=PRECISIONS,
                         help="fp32 (default), or bf16: in training, the network layers (linear, convolution, GRU) run "
@@ -118,6 +119,9 @@ def parse(argv):
         value = getattr(args, name)
         if value is not None and not (math.isfinite(value) and value > 0):
             parser.error(f"--{name.replace('_', '-')} must be positive and finite, got {value}")
+    for name, most in (("steps", MOST_STEPS), ("epochs", MOST_EPOCHS)):
+        if (getattr(args, name) or 0) > most:
+            parser.error(f"--{name} must be at most {most:g}, got {getattr(args, name):g}")
     try:  # every setting, before any data are read or any file is written
         args.model_config = dataclass_from_args(experiment.config_cls, args)
         args.settings = dataclass_from_args(experiment.settings_cls, args)

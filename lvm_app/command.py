@@ -12,6 +12,14 @@ def program_name(script: str) -> str:
     return invoked if invoked.startswith("pyro-lvm-") else script
 
 
+def seed(text: str) -> int:
+    """``--seed``: an integer torch takes (zero or more), refused before anything happens otherwise."""
+    value = int(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be zero or more (torch takes no negative seed), got {value}")
+    return value
+
+
 class CommandParser(argparse.ArgumentParser):
     """An argument parser whose errors are one line (exit 2), as every other refusal of these
     commands is: argparse's default prints the whole usage block first, burying the reason."""

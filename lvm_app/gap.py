@@ -19,7 +19,6 @@ Exit status: 0 success (also when a check failed: the report says so); 2 the rep
 apply to this run or a flag is bad (one line says why); 1 a failure at run time.
 """
 import argparse
-import json
 import math
 import os
 import sys
@@ -32,7 +31,8 @@ import torch
 from guides import GUIDE_FAMILIES
 from inference import AISSettings, GapSettings, LocalOptSettings, RefinedGuide
 from inference.gap import assemble, check_lines
-from lvm_app.command import CommandParser, program_name
+from inference.training.run_files import WriteFailed, write_json, write_text
+from lvm_app.command import CommandParser, program_name, seed
 from lvm_app.device import DEVICE_CHOICES, UsageError, resolve_device
 from lvm_app.gap_continuous import NotApplicable, continuous_run_estimates
 from lvm_app.gap_markdown import markdown
@@ -75,7 +75,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--refine-lr", type=float, help="step size of --refine (default: the run's, else 0.002)")
     p.add_argument("--data-dir", help="data directory (default: the run's)")
     p.add_argument("--out", help="where gap.json and gap.md go (default: the checkpoint directory)")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=seed, default=0)
     p.add_argument("--device", default="cpu", help=f"{DEVICE_CHOICES} (default: cpu; a checkpoint written on any "
                    "device loads on any other)")
     p.add_argument("--threads", type=int, help="torch threads (default: torch's; 1 is faster on a busy machine)")
@@ -107,9 +107,10 @@ def report_for_run(args) -> dict:
     if built.guide is None or not built.guide.amortised:
         raise NotApplicable(f"{args.checkpoint} trained a local guide: the gap report needs an amortised one")
     limit = experiment.max_evaluation_points(ctx, run.data)
-    if limit is not None and args.num_points > limit:
-        raise NotApplicable(f"--num-points {args.num_points}: model {experiment.name!r} has only {limit} distinct "
-                            f"points; ask for at most {limit}")
+    if limit is not None and args.num_points > limit[0]:
+        most, why = limit
+        raise NotApplicable(f"--num-points {args.num_points}: {why}" + (f"; ask for at most {most}" if most else
+                                                                         ": the report cannot be computed here"))
     if args.refine is not None or args.refine_lr is not None:
         refine_for_evaluation(run, args)
     points = {k: v.to(device) for k, v in experiment.evaluation_points(ctx, run.data, args.num_points,
@@ -192,8 +193,12 @@ def main(argv=None) -> int:
         print(f"{PROG}: error: {error}", file=sys.stderr)
         return 1
     out.mkdir(parents=True, exist_ok=True)
-    (out / "gap.json").write_text(json.dumps(report, indent=2) + "\n")
-    (out / "gap.md").write_text(markdown(report))
+    try:  # atomically: a failed write keeps the previous report
+        write_json(out / "gap.json", report)
+        write_text(out / "gap.md", markdown(report))
+    except WriteFailed as error:
+        print(f"{PROG}: error: {error}", file=sys.stderr)
+        return 1
     print(markdown(report))
     print(f"wrote {out}/gap.json and gap.md")
     for line in check_lines(report["checks"]):

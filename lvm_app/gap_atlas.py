@@ -21,9 +21,10 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+from inference.training.run_files import write_json
 from lvm_app.atlas_entries import ENTRIES, AtlasEntry
 from lvm_app.atlas_report import write_report
-from lvm_app.command import CommandParser, program_name
+from lvm_app.command import CommandParser, program_name, seed
 from lvm_app.device import DEVICE_CHOICES, UsageError, resolve_device
 
 PROG = program_name("run/gap_atlas.py")  # the prefix of every message
@@ -43,7 +44,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--report-only", action="store_true", help="rebuild atlas.md/png/json from the gap reports there")
     p.add_argument("--train-only", action="store_true",
                    help="train (or continue) the entries' runs and stop before their gap reports")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=seed, default=0)
     p.add_argument("--device", help=f"{DEVICE_CHOICES}: given to every stage, run/svi.py and run/gap.py (default: "
                    "each stage's own, auto for training and cpu for the gap reports)")
     return p
@@ -69,8 +70,9 @@ class Stages:
     def _run(self, entry: AtlasEntry, stage: str, command: list[str]) -> bool:
         log = self.out / entry.name / f"{stage}.log"
         log.parent.mkdir(parents=True, exist_ok=True)
+        log.unlink(missing_ok=True)  # a new log each time; a link at its name is removed, never written through
         started = time.perf_counter()
-        with open(log, "w") as handle:
+        with os.fdopen(os.open(log, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644), "w") as handle:
             code = subprocess.call([sys.executable, *command], stdout=handle, stderr=subprocess.STDOUT,
                                    cwd=ROOT, env=self.env)
         wall = time.perf_counter() - started
@@ -91,7 +93,7 @@ class Stages:
             timings = json.loads(path.read_text()) if path.exists() else {}
             timings[stage] = round(timings.get(stage, 0.0) + wall, 1)
             timings[f"{stage}_exit"] = code
-            path.write_text(json.dumps(timings, indent=2) + "\n")
+            write_json(path, timings)
 
     def entry(self, entry: AtlasEntry) -> None:
         run_dir = self.out / entry.name / "run"

@@ -12,6 +12,7 @@ import time
 from pathlib import Path
 
 from inference.training.metrics_log import read_metrics
+from inference.training.run_files import write_json
 from lvm_app.command import CommandParser, program_name
 from lvm_app.device import DEVICE_HELP, UsageError, resolve_device
 from lvm_app.run_dir import load_run
@@ -87,7 +88,7 @@ def _run_locked(args, device) -> dict:
     summary.update({"train_steps": loaded.step, "train_wall_s": round(extra.get("elapsed_s", 0.0), 1),
                     "eval_wall_s": round(time.perf_counter() - started, 1), "evaluated_by": "run/probe.py",
                     "probe_settings_changed": changes})
-    (loaded.path / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+    write_json(loaded.path / "summary.json", summary)
     loaded.experiment.plot(ctx, loaded.built, loaded.data, loaded.path, summary)
     print(json.dumps(summary, indent=2))
     print(f"wrote {loaded.path}/summary.json and plots")

@@ -4,13 +4,13 @@ A resumed run must be the run that was started: the same model, data, guide, see
 It may change its length, where the data are, the evaluation (``setting(..., evaluation=True)``
 fields and ``--eval``), and, after a divergence, a lower learning rate or a gradient clip (Adam's
 moments stay valid under either). The number of data-loading workers changes where batches are
-read, never what they hold; the device and the number of processes change where the run computes,
+read, never what they hold, and how often checkpoints are written changes nothing the run computes; the device and the number of processes change where the run computes,
 not what: the shards fix its random streams. Anything else would make it a different experiment.
 """
 from lvm_app.saved_run import SavedRun
 
 RESUMABLE_CHANGES = {"steps", "progress", "data_dir", "epochs", "eval", "lr", "clip_norm", "data_workers", "device",
-                     "processes"}
+                     "processes", "checkpoint_every"}
 
 
 class ResumeRefused(RuntimeError):

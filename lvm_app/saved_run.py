@@ -3,11 +3,13 @@ settings added since it was written filled in at the values it trained with) and
 its checkpoint. ``--resume``, ``run/gap.py`` and ``run/probe.py`` all start from one."""
 import dataclasses
 import json
+import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from inference.training.checkpoint import load_checkpoint
+from pyro_models.core import check_settings
 
 # Train settings added since runs were first written, at the value those runs trained with
 # (shards None: the unsharded loop, whose random stream runs on from step to step).
@@ -19,21 +21,44 @@ class DamagedRun(RuntimeError):
     """A file of a run directory is missing, unreadable, or not what run/svi.py writes (exit 1)."""
 
 
+def json_value_fits(value, annotation) -> bool:
+    """Whether a value read from JSON is of the field's type (JSON has no tuples: lists stand for them)."""
+    options = typing.get_args(annotation) if isinstance(annotation, types.UnionType) else (annotation,)
+    for option in options:
+        if option is type(None) and value is None:
+            return True
+        if typing.get_origin(option) is tuple:
+            item = typing.get_args(option)[0]
+            if isinstance(value, list) and all(json_value_fits(v, item) for v in value):
+                return True
+        elif option is float and isinstance(value, (int, float)) and not isinstance(value, bool):
+            return True
+        elif option is int and isinstance(value, int) and not isinstance(value, bool):
+            return True
+        elif option in (str, bool) and type(value) is option:
+            return True
+    return False
+
+
 def dataclass_from_json(cls, values: dict, where: str):
-    """The dataclass with the saved values (JSON lists back to tuples); unknown keys and values
-    the dataclass refuses (a wrong type, ...) are a one-line ``DamagedRun`` naming ``where``."""
+    """The dataclass with the saved values (JSON lists back to tuples); unknown keys, values of the
+    wrong type and values the dataclass refuses are a one-line ``DamagedRun`` naming ``where``."""
     if not isinstance(values, dict):
         raise DamagedRun(f"{where}: expected an object of settings, got {type(values).__name__}")
     hints = typing.get_type_hints(cls)
     unknown = set(values) - {f.name for f in dataclasses.fields(cls)}
     if unknown:
         raise DamagedRun(f"{where} has settings {sorted(unknown)} that {cls.__name__} does not know")
-    given = {name: tuple(value) if typing.get_origin(hints[name]) is tuple and isinstance(value, list) else value
-             for name, value in values.items()}
+    wrong = [f"{name} = {value!r}" for name, value in values.items() if not json_value_fits(value, hints[name])]
+    if wrong:
+        raise DamagedRun(f"{where} holds values of the wrong type: {'; '.join(wrong)}")
+    given = {name: tuple(value) if isinstance(value, list) else value for name, value in values.items()}
     try:
-        return cls(**given)
+        settings = cls(**given)
+        check_settings(settings)
     except (TypeError, ValueError) as error:
         raise DamagedRun(f"{where}: {error}") from None
+    return settings
 
 
 def as_json(value) -> dict:

@@ -12,6 +12,8 @@ import pyro
 
 from inference import TrainSettings, train
 from inference.training.precision import with_precision
+from inference.training.run_files import write_json
+from inference.training.run_state import Checkpointer
 from lvm_app.command import program_name
 from lvm_app.device import UsageError
 from lvm_app.eval_mode import announcement, choose_protocol, settings_for
@@ -117,10 +119,10 @@ def train_prepared(p: Prepared, overwrite: bool, progress: bool) -> dict:
         p.parallel.barrier()
     if main_process:
         if overwrite:
-            for name in (*RUN_FILES, "best.pt"):
+            for name in (*RUN_FILES, "best.pt", Checkpointer.PREVIOUS, Checkpointer.DIVERGED):
                 (p.out / name).unlink(missing_ok=True)
         p.out.mkdir(parents=True, exist_ok=True)
-        (p.out / "config.json").write_text(json.dumps(p.config, indent=2) + "\n")
+        write_json(p.out / "config.json", p.config)
     batches = p.experiment.batches(p.ctx, p.data)
     t = p.train
     try:
@@ -161,7 +163,7 @@ def evaluate_prepared(p: Prepared, last: dict, progress: bool) -> dict:
     summary = experiment.evaluate(p.ctx, p.built, p.data, p.out, progress, shared)
     summary.update({"eval": p.protocol, "train_steps": last["step"], "train_loss_last": last.get("loss"),
                     "train_wall_s": round(last["elapsed_s"], 1), "eval_wall_s": round(time.perf_counter() - started, 1)})
-    (p.out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+    write_json(p.out / "summary.json", summary)
     experiment.plot(p.ctx, p.built, p.data, p.out, summary)
     print(json.dumps(summary, indent=2))
     print(f"wrote {p.out}/summary.json, metrics.csv, config.json, checkpoint.pt and plots")

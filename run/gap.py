@@ -5,7 +5,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
 
-from lvm_app.gap import main  # noqa: E402
+from lvm_app.entry import gap  # noqa: E402  (imports the command itself when called)
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(gap())

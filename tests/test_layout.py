@@ -32,7 +32,7 @@ PAPER_FILES = {
                "clustering": BELOW, "experiment": GLUE, "plots": GLUE},
     "compile": {"__init__": PROGRAM, "model": PROGRAM, "guide": PROGRAM, "data": BELOW, "metrics": BELOW,
                 "gap": GLUE, "experiment": GLUE},
-    "lfm": {"__init__": PROGRAM, "model": PROGRAM, "data": BELOW, "baselines": BELOW, "gap": GLUE,
+    "lfm": {"__init__": PROGRAM, "model": PROGRAM, "data": BELOW, "baselines": GLUE, "gap": GLUE,
             "evaluation": GLUE, "plots": GLUE, "experiment": GLUE},
     "cpc": {"__init__": PROGRAM, "model": PROGRAM, "data": BELOW, "fsdd_sums": BELOW, "probes": BELOW,
             "experiment": GLUE},

@@ -4,13 +4,14 @@
 A checkpoint holds only tensors and plain containers (the random states too), and is read with
 ``torch.load(weights_only=True)``: loading a checkpoint never runs code from it, whoever wrote the
 file. A checkpoint with a non-finite tensor is never written: the last good one stays."""
-import os
 import random
 from pathlib import Path
 
 import numpy as np
 import pyro
 import torch
+
+from .run_files import save_torch
 
 
 def rng_state() -> dict:
@@ -53,8 +54,8 @@ def _non_finite(value, where: str = "") -> str | None:
     return None
 
 
-def save_checkpoint(path: Path, step: int, modules: dict, optimizer, extra: dict | None = None) -> None:
-    """Write to a temporary file and rename, so an interruption never leaves a half-written file."""
+def checkpoint_state(step: int, modules: dict, optimizer, extra: dict | None = None) -> dict:
+    """What a checkpoint holds; ``NonFiniteCheckpoint`` where a parameter or optimizer state is not finite."""
     state = {
         "step": step,
         "modules": {name: module.state_dict() for name, module in modules.items()},
@@ -66,16 +67,13 @@ def save_checkpoint(path: Path, step: int, modules: dict, optimizer, extra: dict
     bad = _non_finite({"modules": parameters, "optimizer": state["optimizer"]})  # a buffer may hold inf
     if bad is not None:
         raise NonFiniteCheckpoint(f"{bad} is not finite at step {step}: checkpoint not written")
-    path = Path(path)
-    tmp = path.with_name(path.name + ".tmp")
-    try:
-        torch.save(state, tmp)
-        os.replace(tmp, path)
-    except (RuntimeError, OSError) as error:  # torch reports a full disk as "[enforce fail at ...]"
-        first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-        raise OSError(f"cannot write checkpoint {path} (is the disk full?): {first}") from None
-    finally:
-        tmp.unlink(missing_ok=True)  # a failed write (a full disk) leaves no half-written file behind
+    return state
+
+
+def save_checkpoint(path: Path, step: int, modules: dict, optimizer, extra: dict | None = None) -> None:
+    """Write through a temporary file and a rename (``run_files``), so an interruption never leaves
+    a half-written file and a link at ``path`` is replaced, not followed."""
+    save_torch(path, checkpoint_state(step, modules, optimizer, extra))
 
 
 def load_checkpoint(path: Path) -> dict:

@@ -106,12 +106,12 @@ def train(objective: Callable[..., float], modules: dict, batch_for_step: Callab
                 raise TrainingInterrupted(run.step, checkpoints.path)
             optimizer.zero_grad(set_to_none=True)
             loss = step_loss(run.step, schedule(run.step) if schedule else {})
-            if not math.isfinite(loss):
-                raise TrainingDiverged(run.step + 1, f"the loss ({loss})", run.checkpoint_step, checkpoints.path)
-            grad_norm = torch.nn.utils.clip_grad_norm_(params, clip).item()
-            if not math.isfinite(grad_norm):
-                raise TrainingDiverged(run.step + 1, f"the gradient norm ({grad_norm})", run.checkpoint_step,
-                                       checkpoints.path)
+            grad_norm = torch.nn.utils.clip_grad_norm_(params, clip).item() if math.isfinite(loss) else math.nan
+            if not (math.isfinite(loss) and math.isfinite(grad_norm)):
+                what = f"the loss ({loss})" if not math.isfinite(loss) else f"the gradient norm ({grad_norm})"
+                note = checkpoints.roll_back()  # this step's parameters, if the latest checkpoint holds them
+                raise TrainingDiverged(run.step + 1, what, run.checkpoint_step, checkpoints.path, note)
+            checkpoints.confirm()
             optimizer.step()
             run.advance(loss)
             bar.update(1)
@@ -126,6 +126,7 @@ def train(objective: Callable[..., float], modules: dict, batch_for_step: Callab
                 bar.set_postfix(loss=f"{last_row['loss']:.4g}")
             if run.step % settings.checkpoint_every == 0 or run.step == settings.steps:
                 checkpoints.save()
+    checkpoints.finish()
     if not last_row and run.resumed_at is not None and log is not None:  # nothing left to train: the last row
         rows = read_metrics(log.path) if log.path.exists() else []
         last_row = rows[-1] if rows else {}

@@ -1,11 +1,13 @@
 """Where a training run stands, and its checkpoints: the step, the training time over all of the
 run's sessions, and the losses since the last log row (they travel in the checkpoint, so the first
 row after a resume averages the same steps as the uninterrupted run's row)."""
+import os
 import time
 from pathlib import Path
 
-from .checkpoint import NonFiniteCheckpoint, load_checkpoint, restore_modules, save_checkpoint, set_rng_state
+from .checkpoint import NonFiniteCheckpoint, checkpoint_state, load_checkpoint, restore_modules, set_rng_state
 from .errors import TrainingDiverged
+from .run_files import WriteFailed, save_torch
 
 
 class RunState:
@@ -48,11 +50,22 @@ class RunState:
 
 
 class Checkpointer:
-    """Writes the run's checkpoint (the main process only, ``write``); a parameter that is not
-    finite stops training (``TrainingDiverged``) and leaves the last good checkpoint."""
+    """Writes the run's checkpoint (the main process only, ``write``).
+
+    A checkpoint's parameters are known to be good only once a step has computed a finite loss from
+    them. So the checkpoint before, once confirmed, is kept as ``checkpoint.previous.pt`` until the
+    new one is confirmed; when the first step after a checkpoint diverges (the checkpoint holds the
+    parameters that gave the non-finite loss, e.g. after a learning rate that blew them up),
+    ``roll_back`` puts the previous one back (or moves the bad one aside, to
+    ``checkpoint.diverged.pt``, when there is none), so that ``--resume`` continues from parameters
+    that trained. A parameter that is not finite is never written (``TrainingDiverged``)."""
+
+    PREVIOUS, DIVERGED = "checkpoint.previous.pt", "checkpoint.diverged.pt"
 
     def __init__(self, path: Path, modules: dict, optimizer, run: RunState, write: bool = True):
         self.path, self.modules, self.optimizer, self.run, self.write = Path(path), modules, optimizer, run, write
+        self.previous, self.diverged = self.path.with_name(self.PREVIOUS), self.path.with_name(self.DIVERGED)
+        self.confirmed = run.checkpoint_step is None  # a resumed run's checkpoint is confirmed by its next step
         if write:
             self.path.parent.mkdir(parents=True, exist_ok=True)
 
@@ -60,8 +73,47 @@ class Checkpointer:
         run = self.run
         if self.write:
             try:
-                save_checkpoint(self.path, run.step, self.modules, self.optimizer,
-                                {"elapsed_s": run.elapsed(), "pending_losses": list(run.pending)})
+                state = checkpoint_state(run.step, self.modules, self.optimizer,
+                                         {"elapsed_s": run.elapsed(), "pending_losses": list(run.pending)})
             except NonFiniteCheckpoint as bad:
                 raise TrainingDiverged(run.step, f"a parameter ({bad})", run.checkpoint_step, self.path) from None
+            if self.confirmed and self.path.exists():  # the good one stays until the new one proves itself
+                os.replace(self.path, self.previous)
+            try:
+                save_torch(self.path, state)
+            except WriteFailed:
+                if self.previous.exists() and not self.path.exists():
+                    os.replace(self.previous, self.path)
+                raise
+        if run.step != run.checkpoint_step:
+            self.confirmed = False
         run.checkpoint_step = run.step
+
+    def confirm(self) -> None:
+        """A step computed a finite loss from the parameters since the last checkpoint: it is good."""
+        if not self.confirmed:
+            self.confirmed = True
+            if self.write:
+                self.previous.unlink(missing_ok=True)
+
+    def finish(self) -> None:
+        """Training reached its last step: the run's checkpoint is its final one, and the one before
+        it is not kept (a finished run holds one checkpoint)."""
+        if self.write:
+            self.previous.unlink(missing_ok=True)
+
+    def roll_back(self) -> str:
+        """The parameters of the latest checkpoint (at this step) gave a non-finite loss: put the
+        previous checkpoint back, or move this one aside. Returns what was done, for the message."""
+        run, bad_step = self.run, self.run.checkpoint_step
+        if self.confirmed or bad_step != run.step or not self.write:  # (only the main process writes: it says)
+            return ""
+        if self.write:
+            if self.previous.exists():
+                os.replace(self.previous, self.path)
+            else:
+                os.replace(self.path, self.diverged)
+        run.checkpoint_step = load_checkpoint(self.path)["step"] if self.path.exists() else None
+        self.confirmed = True
+        return (f"; the checkpoint of step {bad_step} held the parameters that gave it and was "
+                + ("replaced by the one before it" if run.checkpoint_step else f"moved to {self.diverged.name}"))

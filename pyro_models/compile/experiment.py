@@ -28,7 +28,12 @@ from tqdm.auto import tqdm
 from inference import ElboObjective, GapEstimates, GapSettings
 from inference.training.metrics_log import read_metrics
 from pyro_models.compile.data import SequenceSpec, heldout_batch, training_batches
-from pyro_models.compile.gap import compile_gap_estimates
+from pyro_models.compile.gap import (
+    compile_gap_estimates,
+    enumeration_bytes_per_point,
+    max_configurations,
+    memory_budget,
+)
 from pyro_models.compile.guide import CompILEGuide
 from pyro_models.compile.metrics import boundary_counts, f1_score, reconstruct, reconstruction_accuracy
 from pyro_models.compile.model import CompILE, CompILEConfig
@@ -174,11 +179,19 @@ class CompILEExperiment(Experiment):
             "kl": settings.kl,
         }
 
-    def max_evaluation_points(self, ctx: RunContext, data) -> int:
-        """The toy task's distinct sequences (orders of distinct symbols x segment lengths): more
-        points would repeat sequences, and the report's memory grows with the points."""
+    def max_evaluation_points(self, ctx: RunContext, data) -> tuple[int, str]:
+        """The toy task's distinct sequences (orders of distinct symbols x segment lengths: more
+        points would repeat sequences), and at most as many as the exact enumeration of their
+        boundary configurations has memory for (pyro_models/compile/gap.py)."""
         spec = data.spec
-        return math.perm(spec.num_symbols, spec.num_segments) * spec.max_segment_length ** spec.num_segments
+        distinct = math.perm(spec.num_symbols, spec.num_segments) * spec.max_segment_length ** spec.num_segments
+        per_point, budget = enumeration_bytes_per_point(spec, ctx.config.hidden_dim), memory_budget()
+        if budget // per_point < distinct:
+            return budget // per_point, (
+                f"a sequence of this task has up to {max_configurations(spec):,} boundary configurations, whose exact "
+                f"enumeration takes about {per_point / 2**20:,.0f} MiB per point, and this machine gives a report "
+                f"{budget / 2**30:.0f} GiB (half its memory)")
+        return distinct, f"the task has only {distinct} distinct sequences"
 
     def evaluation_points(self, ctx: RunContext, data, num_points: int, split: str = "train") -> dict:
         """The sequences of a gap report, deterministically. ``test``: the first ``num_points`` of the

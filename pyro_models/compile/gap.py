@@ -40,6 +40,7 @@ gives the derivatives). Different sequences share no draws. The full K importanc
 to the segments the posterior p(c|x) uses (see ``segment_log_marginals``).
 """
 import math
+import os
 import time
 from dataclasses import dataclass
 
@@ -60,6 +61,27 @@ USAGE_MIN = 1e-3  # d log p(x) / d log p(x_seg) (the segment's expected count un
 CHECK_EVERY = 100  # q*: steps per window of the stopping rule
 LOCAL_TOL = 0.01  # q*: stop when the windowed bound, summed over a sequence's segments, rose less (nats/seq.)
 CODE_ATOL = 1e-4  # the guide's code of a segment must not depend on anything but (start, end)
+
+
+# Memory of the enumeration, measured: about 2.5 kB per configuration and position of the padded
+# width for the 64-unit guide (the guide's LSTM states over every configuration dominate), in
+# proportion to its width; 48 bytes per hidden unit is that with a margin.
+BYTES_PER_CELL_AND_UNIT = 48
+
+
+def max_configurations(spec) -> int:
+    """The most valid boundary configurations of one sequence of the task (the longest one):
+    k boundaries at increasing positions before EOS and the rest on EOS, k = 0..n-1."""
+    return sum(math.comb(spec.width - 2, k) for k in range(spec.num_segments))
+
+
+def enumeration_bytes_per_point(spec, hidden_dim: int) -> int:
+    return max_configurations(spec) * spec.width * hidden_dim * BYTES_PER_CELL_AND_UNIT
+
+
+def memory_budget() -> int:
+    """Half this machine's memory: what a gap report's enumeration may take."""
+    return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") // 2
 
 
 @dataclass

@@ -81,6 +81,7 @@ from torch.distributions import register_kl
 from pyro_models.core import (
     AT_LEAST_ONE,
     DATA_PLATE,
+    NON_NEGATIVE,
     POSITIVE,
     LatentSite,
     data_plate,
@@ -107,11 +108,11 @@ class CompILEConfig:
                                choices=list(LATENT_DISTS))
     temp_b: float = setting(1.0, "Gumbel-softmax temperature of the boundaries b", valid=POSITIVE)
     temp_z: float = setting(1.0, "Gumbel-softmax temperature of concrete codes z", valid=POSITIVE)
-    beta_b: float = setting(0.1, "KL weight of the boundaries (training)")
+    beta_b: float = setting(0.1, "KL weight of the boundaries (training)", valid=NON_NEGATIVE)
     boundary_kl: str = setting("first", "boundary KLs charged in training: b_1's only (the reference charges no later "
                                "boundary) or every b_i's (the chain rule; with concrete codes, 5 of 10 seeds then lost "
                                "a found segmentation)", choices=list(BOUNDARY_KLS))
-    beta_z: float = setting(0.1, "KL weight of the codes (training)")
+    beta_z: float = setting(0.1, "KL weight of the codes (training)", valid=NON_NEGATIVE)
     prior_rate: float = setting(3.0, "Poisson rate of the segment-length prior", valid=POSITIVE)
 
     @property

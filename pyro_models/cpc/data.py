@@ -137,6 +137,18 @@ def _check_labels(labels: dict, num_classes: int, source: Path) -> None:
             raise DataError(f"{source}: utterance {uid} has a label outside 0..{num_classes - 1}")
 
 
+def check_file_set(folder: Path, found: set[str], listed: set[str]) -> None:
+    """FSDD is its listed recordings, all of them: a missing one or an unlisted one is refused."""
+    missing, extra = sorted(listed - found), sorted(found - listed)
+    if missing:
+        raise DataError(f"{folder} lacks {len(missing)} of FSDD's {len(listed)} recordings ({', '.join(missing[:3])}"
+                        f"{', ...' if len(missing) > 3 else ''}): {FSDD_HOW}")
+    if extra:
+        raise DataError(f"{folder} holds {len(extra)} .wav files that are not FSDD v1.0.10's ({', '.join(extra[:3])}"
+                        f"{', ...' if len(extra) > 3 else ''}): move them out (a folder of your own recordings, "
+                        "none named as FSDD's, is read as a corpus of its own)")
+
+
 def load_fsdd(data_dir: DataDir) -> SpeechCorpus:
     import torchaudio.transforms as AT
 
@@ -148,8 +160,10 @@ def load_fsdd(data_dir: DataDir) -> SpeechCorpus:
     labels_path = _require(data_dir, FSDD_LABELS, FSDD_HOW)
     sums = recording_sums()
     if any(path.name in sums for path in files):
-        # FSDD's own recordings: its labels are the released ones (a directory of other
-        # recordings in the FSDD layout, e.g. the tests' tiny corpora, brings its own labels)
+        # FSDD's own recordings: the data set is every listed file and only those, and its labels
+        # are the released ones (a directory of other recordings in the FSDD layout, e.g. the
+        # tests' tiny corpora, brings its own labels)
+        check_file_set(folder, {path.name for path in files}, set(sums))
         for relative, sha256 in FSDD_LABEL_SHA256.items():
             verify_checksum(data_dir.path / relative, sha256, how=FSDD_LABELS_REFETCH)
     phone_names = read_phone_index(phones_path)

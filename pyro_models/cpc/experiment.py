@@ -58,7 +58,7 @@ class CPCSettings:
     speaker_pool: str = setting("mean", "utterance feature for the speaker probe: mean or last c_t",
                                 choices=["mean", "last"], evaluation=True)
     probe_iterations: int = setting(300, "L-BFGS iterations of each linear probe", evaluation=True)
-    probe_weight_decay: float = setting(1e-4, "L2 penalty of the linear probes", evaluation=True)
+    probe_weight_decay: float = setting(1e-4, "L2 penalty of the linear probes", valid=NON_NEGATIVE, evaluation=True)
     probe_utterances: int = setting(0, "use only N evenly spaced train and N test utterances for probes and "
                                     "baselines (0: all; for quick checks)", evaluation=True)
     baselines: str = setting("random,mfcc,supervised", "baselines to compute, comma-separated (empty: none)", evaluation=True)

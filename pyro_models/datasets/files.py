@@ -1,6 +1,7 @@
 """Finding data files: the data directory, checksums, and errors that say what to do next."""
 import hashlib
 import os
+import tempfile
 from pathlib import Path
 
 ENV_VAR = "PYRO_MODELS_DATA"
@@ -95,12 +96,12 @@ def download(url: str, target: Path) -> None:
     import urllib.request
 
     target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = target.with_name(target.name + ".part")
+    handle, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".part")  # never a link
     try:
-        with urllib.request.urlopen(url, timeout=60) as response, open(tmp, "wb") as out:
+        with urllib.request.urlopen(url, timeout=60) as response, os.fdopen(handle, "wb") as out:
             while block := response.read(1 << 20):
                 out.write(block)
         os.replace(tmp, target)
     except OSError as error:
-        tmp.unlink(missing_ok=True)
+        Path(tmp).unlink(missing_ok=True)
         raise DataError(f"could not download {url} to {target}: {error}") from error

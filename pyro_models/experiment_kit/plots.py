@@ -8,13 +8,16 @@ import matplotlib.pyplot as plt  # noqa: E402
 import torch  # noqa: E402
 
 from inference.training.metrics_log import read_metrics  # noqa: E402
+from inference.training.run_files import save_figure  # noqa: E402
 
 
 def save(fig, path: Path, dpi: int = 100) -> Path:
     """Lay out, write the PNG and free the figure (matplotlib keeps every open figure alive)."""
     fig.tight_layout()
-    fig.savefig(path, dpi=dpi)
-    plt.close(fig)
+    try:
+        save_figure(fig, path, dpi=dpi)
+    finally:
+        plt.close(fig)
     return path
 
 

@@ -185,8 +185,8 @@ class Experiment:
     # (inference.RefinedGuide; the real-latent experiments).
     plain_guide = None
 
-    def max_evaluation_points(self, ctx: RunContext, data) -> int | None:
-        """The most points ``evaluation_points`` can give (None: the split's size caps it)."""
+    def max_evaluation_points(self, ctx: RunContext, data) -> tuple[int, str] | None:
+        """The most points a gap report can take, and why (None: the split's size caps it)."""
         return None
 
     def model_program(self, built: Built):

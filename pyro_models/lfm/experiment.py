@@ -26,6 +26,7 @@ from pyro.infer import TraceGraph_ELBO, TraceMeanField_ELBO
 from guides import build_guide, guide_family
 from inference import ElboObjective, GapSettings
 from inference.training.checkpoint import ParamStoreEntries
+from inference.training.run_files import save_torch, write_text
 from inference.training.schedules import linear_warmup
 from pyro_models.core import AT_LEAST_ONE, FRACTION, NON_NEGATIVE, POSITIVE, PROBABILITY
 from pyro_models.experiment_kit import plots
@@ -187,8 +188,8 @@ class LFMExperiment(Experiment):
             for name in ("model", "guide"):
                 built.modules[name].load_state_dict(states[name])
             if main_process:
-                torch.save({"step": int(best.best_step), "dev_perplexity_logged": best.best_value.item(),
-                            "modules": states}, Path(out_dir) / "best.pt")
+                save_torch(Path(out_dir) / "best.pt", {"step": int(best.best_step),
+                                                       "dev_perplexity_logged": best.best_value.item(), "modules": states})
             summary["best_step"] = int(best.best_step)
         model, guide, s = built.model, built.guide, settings.importance_samples
         if guide.amortised:
@@ -206,7 +207,7 @@ class LFMExperiment(Experiment):
             summary[f"num_{label}_chars"] = int(words.lengths.sum())
         summary["num_importance_samples"] = s
         if main_process:
-            (Path(out_dir) / "samples.txt").write_text(qualitative(model, guide, data, idx is None))
+            write_text(Path(out_dir) / "samples.txt", qualitative(model, guide, data, idx is None))
         return summary
 
     def evaluation_points(self, ctx: RunContext, data, num_points: int, split: str = "train") -> dict:

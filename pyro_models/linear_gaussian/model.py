@@ -26,11 +26,15 @@ from pyro_models.core import (
 from pyro_models.networks import KeywordInput, mlp
 
 
+# s^2 enters the covariance W W^T + s^2 I in float32: beyond 1e9 the closed forms overflow.
+NOISE_SCALE = ("positive and at most 1e9 (its square enters the covariance in float32)", lambda value: 0 < value <= 1e9)
+
+
 @dataclass
 class LinearGaussianConfig:
     data_dim: int = derived(8)
     latent_dim: int = setting(2, "dimension of z", valid=AT_LEAST_ONE)
-    noise_scale: float = setting(0.5, "initial observation noise s", valid=POSITIVE)
+    noise_scale: float = setting(0.5, "initial observation noise s", valid=NOISE_SCALE)
     encoder_hidden: tuple[int, ...] = setting((32,), "encoder hidden layer sizes (amortised guides)")
 
 

@@ -81,3 +81,40 @@ def test_a_guide_that_samples_an_observed_site_is_refused():
 
     with pytest.raises(SiteMismatch, match="the guide samples site 'x', which the model observes"):
         log_weights(model, guide, 2, x=torch.zeros(3))
+
+
+# Data the likelihood does not take ------------------------------------------------------------
+
+def small_vae_and_guide():
+    torch.manual_seed(0)
+    model = VAE(VAEConfig(data_dim=8, latent_dim=2, decoder_hidden=(8,), encoder_hidden=(8,)))
+    encoder, dim = model.make_encoder()
+    return model, build_guide(guide_family("ffg"), model.latent_sites, encoder=encoder, encoder_dim=dim)
+
+
+@pytest.mark.parametrize("bad", [2.0, -1.0, 0.5])
+def test_data_outside_the_likelihood_support_are_named_by_every_estimator_and_by_svi(bad):
+    """A Bernoulli VAE given a 2, a -1 or a 0.5 gave finite numbers before; now the data are named."""
+    model, guide = small_vae_and_guide()
+    x = torch.bernoulli(torch.full((5, 8), 0.5))
+    x[3, 6] = bad
+    named = rf"observed site 'x' lie outside what its likelihood \(BernoulliLogits\) takes.*point 3 holds {bad}"
+    with pytest.raises(ValueError, match=named):
+        evaluate_importance(model.model, guide, {"x": x}, 4)
+    with pytest.raises(ValueError, match=named):
+        from inference import ais
+        ais(model.model, {"x": x}, AISSettings(num_steps=2, num_chains=2, leapfrog_steps=1))
+    svi = pyro.infer.SVI(model.model, guide, pyro.optim.Adam({"lr": 1e-2}), pyro.infer.Trace_ELBO())
+    with pytest.raises(ValueError, match="site 'x'"):  # a user's SVI loop, Pyro's validation on (its default)
+        svi.step(x)
+
+
+def test_a_nan_in_the_data_is_named_as_the_data_not_as_a_guide_parameter():
+    model, guide = small_vae_and_guide()
+    x = torch.bernoulli(torch.full((5, 8), 0.5))
+    x[2, 1] = float("nan")
+    with pytest.raises(ValueError, match=r"the data 'x' hold a NaN or an infinite value \(point 2\)"):
+        evaluate_importance(model.model, guide, {"x": x}, 4)
+    svi = pyro.infer.SVI(model.model, guide, pyro.optim.Adam({"lr": 1e-2}), pyro.infer.Trace_ELBO())
+    with pytest.raises(ValueError, match="the data 'argument 0' given to the guide hold a NaN"):
+        svi.step(x)

@@ -24,7 +24,7 @@ def setup(init_seed=0):
 
 
 def settings(steps, **kw):
-    return TrainSettings(steps=steps, lr=1e-2, log_every=2, checkpoint_every=100, progress=False, **kw)
+    return TrainSettings(**{"steps": steps, "lr": 1e-2, "log_every": 2, "checkpoint_every": 100, "progress": False, **kw})
 
 
 def test_interrupted_then_resumed_run_equals_uninterrupted_run(tmp_path):
@@ -82,3 +82,22 @@ def test_non_finite_gradient_is_caught(tmp_path):
 
     with pytest.raises(TrainingDiverged, match="gradient norm .* at step 1"):
         train(objective, built.modules, batches, settings(3), tmp_path)
+
+
+def test_a_checkpoint_whose_parameters_diverge_at_once_gives_way_to_the_one_before(tmp_path):
+    """The checkpoint of step 3 holds the parameters from which step 4's loss is NaN: it is not a
+    good checkpoint, and the one of step 2 (kept until step 3's was confirmed) takes its place."""
+    module = torch.nn.Linear(2, 1)
+    calls = []
+
+    def objective(batch):
+        calls.append(1)
+        loss = module(batch["x"]).sum()
+        loss.backward()
+        return float("nan") if len(calls) == 4 else loss.item()
+
+    with pytest.raises(TrainingDiverged, match="checkpoint of step 3 held the parameters that gave it and was replaced"):
+        train(objective, {"model": module}, lambda step: {"x": torch.ones(4, 2)}, settings(10, checkpoint_every=1),
+              tmp_path)
+    assert load_checkpoint(tmp_path / "checkpoint.pt")["step"] == 2
+    assert not (tmp_path / "checkpoint.previous.pt").exists()

@@ -231,3 +231,15 @@ def test_parse_errors_are_one_line_with_exit_2(command, argv, capsys):
     assert exit_.value.code == 2
     err = capsys.readouterr().err
     assert len(err.strip().splitlines()) == 1 and "error:" in err and "usage:" not in err, err
+
+
+def test_ctrl_c_while_the_command_starts_is_one_line_and_exit_130(tmp_path):
+    """Loading torch takes seconds; a Ctrl-C then (or just after, whatever this machine's speed) is
+    one line and exit 130, never a traceback."""
+    process = subprocess.Popen([sys.executable, str(ROOT / "run" / "svi.py"), "--model", "vae", "--out",
+                                str(tmp_path / "run"), "--no-progress"], stderr=subprocess.PIPE, text=True, cwd=ROOT)
+    time.sleep(1.0)
+    process.send_signal(signal.SIGINT)
+    _, err = process.communicate(timeout=120)
+    assert process.returncode == 130 and "Traceback" not in err, err
+    assert err.strip().splitlines()[-1].startswith("run/svi.py: ")

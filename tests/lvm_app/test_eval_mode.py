@@ -130,4 +130,16 @@ def test_the_compile_gap_report_refuses_more_points_than_the_task_has(tmp_path):
     assert cli.main(["--model", "compile", "--steps", "2", "--batch-size", "64", "--eval-batch-size", "64",
                      "--test-nll-particles", "1", "--no-progress", "--out", str(out)]) == 0
     result = run_gap("--checkpoint", out, "--num-points", "100000", "--out", tmp_path / "gap")
-    assert result.returncode == 2 and "only 3840 distinct points" in result.stderr
+    assert result.returncode == 2 and "only 3840 distinct sequences" in result.stderr
+
+
+def test_the_compile_gap_report_caps_its_points_by_the_memory_of_a_larger_task(tmp_path):
+    """A task of 6 segments of up to 10 symbols has millions of boundary configurations per sequence:
+    any number of points is refused at once, before any point is made (memory would grow without bound)."""
+    out = tmp_path / "run"
+    assert cli.main(["--model", "compile", "--num-symbols", "30", "--num-segments", "6", "--max-segment-length", "10",
+                     "--steps", "1", "--batch-size", "4", "--eval-batch-size", "4", "--test-nll-particles", "1",
+                     "--hidden-dim", "8", "--latent-dim", "4", "--no-progress", "--out", str(out)]) == 0
+    result = run_gap("--checkpoint", out, "--num-points", "100000000", "--out", tmp_path / "gap")
+    assert result.returncode == 2, result.stderr
+    assert "boundary configurations" in result.stderr and "MiB per point" in result.stderr

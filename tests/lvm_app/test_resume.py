@@ -144,3 +144,25 @@ def test_a_run_written_before_a_setting_existed_still_resumes(tmp_path):
     (out / "config.json").write_text(json.dumps(config))
     assert run([*argv[:3], "8", *argv[4:]], out, "--resume") == 0
     assert run([*argv[:3], "12", *argv[4:]], out, "--resume", "--refine", "2") == 1  # not the default: refused
+
+
+def test_the_advice_after_a_divergence_works_a_lower_rate_resumes(tmp_path, capsys):
+    """--lr 1e30 blows the parameters up in one step: the checkpoint written then is not a good one,
+    and --resume with a lower --lr (what the message advises) trains from parameters that did."""
+    argv = ["--model", "vae", "--steps", "6", "--log-every", "3", "--checkpoint-every", "1", "--iwae-k", "3",
+            "--eval-points", "20", "--train-eval-points", "20"]
+    assert run([*argv, "--lr", "1e30"], tmp_path) == 1
+    assert "became non-finite at step 2" in capsys.readouterr().err
+    assert run([*argv, "--lr", "1e-3"], tmp_path, "--resume") == 0
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    assert summary["train_steps"] == 6 and all(torch.isfinite(torch.tensor(v)) for k, v in summary.items()
+                                               if k.startswith("test_") and isinstance(v, float))
+
+
+def test_a_resume_may_write_checkpoints_more_or_less_often_and_logs_it(tmp_path):
+    argv = ["--model", "linear_gaussian", "--steps", "6", "--log-every", "3", "--checkpoint-every", "3",
+            "--iwae-k", "3"]
+    assert run(argv, tmp_path) == 0
+    assert run([*argv[:3], "9", *argv[4:7], "1", *argv[8:]], tmp_path, "--resume") == 0
+    config = json.loads((tmp_path / "config.json").read_text())
+    assert config["resumed"] == [{"at_step": 6, "changed": {"checkpoint_every": [3, 1]}}]

@@ -14,7 +14,7 @@ from helpers import run_cli
 
 from inference.training.checkpoint import load_checkpoint, save_checkpoint
 from inference.training.loop import TrainingDiverged, TrainSettings, train
-from lvm_app.cli import parse
+from lvm_app.cli import main, parse
 from lvm_app.registry import EXPERIMENTS
 from pyro_models.core import check_settings
 
@@ -42,6 +42,21 @@ def test_bad_values_exit_2_with_one_line_before_anything_is_written(flags, tmp_p
     assert result.returncode == 2, result.stderr
     assert result.stderr.strip().splitlines()[-1].startswith("run/svi.py: error: ")
     assert "Traceback" not in result.stderr and not out.exists()
+
+
+@pytest.mark.parametrize("flags", [
+    ["--model", "vae", "--seed", "-1"], ["--model", "compile", "--beta-b", "-1"], ["--model", "compile", "--beta-z", "-1"],
+    ["--model", "linear_gaussian", "--noise-scale", "1e30"], ["--model", "cpc", "--probe-weight-decay", "-1"],
+    ["--model", "vae", "--epochs", "1e30"], ["--model", "vae", "--steps", "10000000000"],
+])
+def test_values_that_failed_late_or_loudly_are_refused_in_one_line_up_front(flags, tmp_path, capsys):
+    """These passed the checks before and failed at run time (after the run directory was made) or
+    printed a screen of text."""
+    out = tmp_path / "run"
+    with pytest.raises(SystemExit) as exit_:
+        main([*flags, "--out", str(out)])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert exit_.value.code == 2 and len(err) == 1 and err[0].startswith("run/svi.py: error: ") and not out.exists()
 
 
 @pytest.mark.parametrize("flags", [["--epochs", "nan"], ["--epochs", "inf"]])
@@ -146,7 +161,7 @@ def test_a_non_finite_parameter_is_never_checkpointed(tmp_path):
         train(objective, {"model": module}, lambda step: {"x": torch.ones(4, 2)},
               TrainSettings(steps=1, lr=float("inf"), progress=False), tmp_path, resume=False)
     assert (tmp_path / "checkpoint.pt").read_bytes() == good  # the last good checkpoint stays
-    assert not (tmp_path / "checkpoint.pt.tmp").exists()
+    assert not [path.name for path in tmp_path.iterdir() if path.name.endswith(".tmp")]  # no half-written file
 
 
 @pytest.mark.slow

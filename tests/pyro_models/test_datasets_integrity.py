@@ -34,11 +34,15 @@ def load_error(loader, directory) -> str:
 
 @pytest.fixture
 def real_fsdd(tmp_path, data_dir):
-    """Four real recordings and the real label files, copied (writable) into tmp_path/fsdd."""
+    """The real recordings (a few copied, writable, the rest linked) and the real label files,
+    copied into tmp_path/fsdd."""
     recordings = tmp_path / "fsdd" / "recordings"
     recordings.mkdir(parents=True)
-    for name in REAL_RECORDINGS:
-        shutil.copyfile(data_dir / "fsdd" / "recordings" / name, recordings / name)
+    for source in (data_dir / "fsdd" / "recordings").glob("*.wav"):
+        if source.name in REAL_RECORDINGS:
+            shutil.copyfile(source, recordings / source.name)
+        else:
+            (recordings / source.name).symlink_to(source)
     for relative in (FSDD_LABELS, FSDD_PHONES):
         shutil.copyfile(data_dir / relative, tmp_path / relative)
     return tmp_path
@@ -55,8 +59,18 @@ def test_the_embedded_recording_sums_are_those_of_the_data_set(data_dir):
 
 def test_a_copy_of_real_recordings_loads(real_fsdd):
     corpus = load_fsdd(DataDir(real_fsdd))
-    assert (len(corpus.train), len(corpus.test)) == (2, 2)
-    assert all(u.phones is not None for u in corpus.train + corpus.test)
+    assert (len(corpus.train), len(corpus.test)) == (2700, 300)  # indices 0-4 of each speaker and digit: test
+    assert sum(u.phones is not None for u in corpus.train + corpus.test) == 2983  # the aligner's files
+
+
+def test_the_fsdd_is_every_listed_recording_and_only_those(real_fsdd):
+    recordings = real_fsdd / "fsdd" / "recordings"
+    (recordings / "9_yweweler_49.wav").unlink()  # a deleted recording
+    message = load_error(load_fsdd, real_fsdd)
+    assert "lacks 1 of FSDD's 3000 recordings (9_yweweler_49.wav)" in message
+    shutil.copyfile(recordings / REAL_RECORDINGS[0], recordings / "9_yweweler_49.wav")
+    shutil.copyfile(recordings / REAL_RECORDINGS[0], recordings / "3_stranger_0.wav")  # an unlisted one
+    assert "holds 1 .wav files that are not FSDD v1.0.10's (3_stranger_0.wav)" in load_error(load_fsdd, real_fsdd)
 
 
 def test_a_truncated_recording_is_refused_by_name(real_fsdd):
