@@ -197,7 +197,7 @@ def test_the_public_surface():
     for package in ("pyro_models", "guides", "inference", "lvm_app"):
         assert (ROOT / package / "py.typed").exists()
     scripts = {e.name: e.value for e in importlib.metadata.entry_points(group="console_scripts")}
-    assert scripts.get("pyro-lvm-train") == "lvm_app.cli:main" and scripts.get("pyro-lvm-gap") == "lvm_app.gap:main"
+    assert scripts.get("pyro-lvm-train") == "lvm_app.entry:train" and scripts.get("pyro-lvm-gap") == "lvm_app.entry:gap"
 
 
 def test_python_m_trains(tmp_path):
