@@ -1,5 +1,7 @@
-"""The machine's float32 matrix-multiply peak, measured in the calling process: what an estimator's
-throughput (GFLOP/s of network work) is compared with, in the gap report and the benchmarks."""
+"""What this machine does per second, measured in the calling process: the float32 matrix-multiply
+peak (what an estimator's GFLOP/s of network work is compared with, in the gap report and the
+benchmarks), and the seconds of one evaluation pass of a model and guide (what the cost estimates
+printed before an evaluation or a gap report are made from)."""
 import math
 import time
 
@@ -20,3 +22,18 @@ def matmul_peak_gflops(n: int = 1024, repeats: int = 5, device=None) -> float:
         wait()
         best = min(best, time.perf_counter() - started)
     return 2 * n ** 3 / best / 1e9
+
+
+def seconds_per_point_pass(model, guide, points: dict, max_plate_nesting: int = 1, particles: int = 32) -> float:
+    """Seconds of one (particle, point) pass of model and guide as ``evaluate_importance`` runs
+    them, timed on ``points`` (after a first pass that pays for validation and warm-up). The
+    random state is restored after: timing an evaluation must not change its numbers."""
+    from inference.importance import evaluate_importance
+
+    n = next(iter(points.values())).shape[0]
+    device = next((p.device for p in getattr(guide, "parameters", lambda: iter(()))()), torch.device("cpu"))
+    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+        evaluate_importance(model, guide, {k: v[:2] for k, v in points.items()}, 1, max_plate_nesting)
+        started = time.perf_counter()
+        evaluate_importance(model, guide, points, particles, max_plate_nesting)
+        return (time.perf_counter() - started) / (particles * n)

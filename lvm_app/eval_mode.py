@@ -34,6 +34,8 @@ def settings_for(experiment, settings, given: set[str], protocol: str):
 
 
 def duration(seconds: float) -> str:
+    if seconds < 10:
+        return f"{seconds:.1f} s"
     if seconds < 90:
         return f"{seconds:.0f} s"
     return f"{seconds / 60:.0f} min" if seconds < 5400 else f"{seconds / 3600:.1f} h"
@@ -43,17 +45,24 @@ def announcement(experiment, ctx, built, data, given: set[str], protocol: str, w
                  seconds_per_step: float | None) -> str | None:
     """One line: what the evaluation computes, roughly how long it takes, and the other protocol's cost.
 
-    Seconds are estimated from the run's training speed, a point-pass of evaluation costing a
-    third of a training point's forward and backward pass: rough, but in the right unit."""
+    Seconds are the plan's point passes times the seconds of one, timed on a small pilot of the
+    evaluation itself where the experiment has one (``evaluation_pass_seconds``), else from the
+    run's training speed (a point pass costing a third of a training point's forward and backward
+    pass: rough, and too high where training is bound by per-step overhead)."""
     plan = experiment.evaluation_plan(ctx, built, data)
     if plan is None:
         return None
-    batch_size = ctx.batch_size
+    if experiment.evaluation_pass_seconds is not None:
+        pass_seconds = experiment.evaluation_pass_seconds(ctx, built, data)
+    else:
+        pass_seconds = None
+    if pass_seconds is None and seconds_per_step:
+        pass_seconds = seconds_per_step / (3 * ctx.batch_size)
 
     def cost(p) -> str:
-        if not seconds_per_step:
+        if not pass_seconds:
             return f"{p.point_passes:.2g} point passes"
-        return f"about {duration(p.point_passes * seconds_per_step / (3 * batch_size))}"
+        return f"about {duration(p.point_passes * pass_seconds)}"
 
     line = f"evaluation ({protocol}: {why}): {plan.description}; {cost(plan)}"
     if experiment.quick_evaluation:

@@ -25,9 +25,12 @@ def plan_line(args, run, num_points: int) -> str:
             f"{args.bdmc_points} simulated points), IWAE-{args.iwae_k}, L[q] with {args.elbo_samples} samples, "
             f"q* with up to {args.local_steps} steps")
     passes = point_passes(args, num_points)
-    seconds_per_pass = training_seconds_per_pass(run)
+    experiment, seconds_per_pass, how = run.experiment, None, "at the run's training speed"
+    if experiment.evaluation_pass_seconds is not None:
+        seconds_per_pass, how = experiment.evaluation_pass_seconds(run.ctx, run.built, run.data), "timed on a pilot"
+    seconds_per_pass = seconds_per_pass or training_seconds_per_pass(run)
     cost = f"about {duration(passes * seconds_per_pass)}" if seconds_per_pass else f"{passes:.2g} point passes"
-    return f"{what}; {cost} at the run's training speed (fewer --num-points, --ais-steps or --bdmc-points cut it)"
+    return f"{what}; {cost} {how} (fewer --num-points, --ais-steps or --bdmc-points cut it)"
 
 
 def training_seconds_per_pass(run) -> float | None:

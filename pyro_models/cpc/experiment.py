@@ -165,6 +165,16 @@ class CPCExperiment(Experiment):
         model.train()
         return {"loss": torch.stack(losses).mean().item(), "accuracy": torch.stack(accuracies).mean(0).tolist()}
 
+    def evaluation_pass_seconds(self, ctx: RunContext, built, data) -> float:
+        """Seconds of the encoder and GRU on one test window (the plan's unit), timed on one batch."""
+        model, device = built.model, device_of(built.model)
+        wave = WindowBatches(data.test, window_of(ctx), ctx.batch_size, seed=12345)(0)["wave"].to(device)
+        with torch.no_grad(), torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+            model(wave[:1])  # warm-up
+            started = time.perf_counter()
+            model(wave)
+            return (time.perf_counter() - started) / wave.shape[0]
+
     def on_log(self, ctx: RunContext, built, data):
         def log(step):
             result = self.test_infonce(ctx, built.model, data)

@@ -165,6 +165,11 @@ class Experiment:
         ``parallel``: the run's processes, where ``shards_evaluation``."""
         raise NotImplementedError
 
+    # (ctx, built, data) -> float: seconds of one point pass of the evaluation (model and guide, one
+    # particle, one point) on this machine, timed on a small pilot; None: estimated from the speed of
+    # training instead (a step's forward and backward pass over a batch).
+    evaluation_pass_seconds = None
+
     def evaluation_plan(self, ctx: RunContext, built: Built, data) -> EvaluationPlan | None:
         """What ``evaluate`` will compute with these settings and what it costs (None: not estimated)."""
         return None

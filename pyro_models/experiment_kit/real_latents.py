@@ -14,6 +14,7 @@ from guides import auxiliary_reverse_for, build_guide, guide_family, with_auxili
 from inference import ElboObjective, IwaeObjective, RefinedGuide, evaluate_importance
 from inference.iwae_objective import GRADIENTS
 from inference.refine import MODES as REFINE_MODES
+from inference.throughput import seconds_per_point_pass
 from inference.training.schedules import kl_warmup
 from pyro_models.core import AT_LEAST_ONE, POSITIVE, device_of, setting
 from pyro_models.datasets.vector_data import as_float, binarise_fixed, evenly_spaced
@@ -25,6 +26,7 @@ from .protocol import Built, EvaluationPlan, Experiment, RunContext
 TRAIN_EVAL_BINARISATION_SEED = 4321
 REFINE_LR = 0.002  # default step of --refine: stable for 5 to 100 steps on the binarised-MNIST VAE (docs/results/amortisation.md)
 REFINE_POINT_CHUNK = 500  # points refined at once in evaluation (bounds memory)
+PILOT_POINTS = 32  # points of the pilot that times an evaluation pass (its cost estimate)
 
 
 @dataclass
@@ -225,6 +227,14 @@ class RealLatentExperiment(Experiment):
                 2 * n_train + 2 * k * n_test + 3 * steps * built.guide.num_samples * (n_train + n_test))
         return EvaluationPlan(f"the ELBO on {n_train} training points and IWAE-{k} on {n_test} test points",
                               n_train + k * n_test)
+
+    def evaluation_pass_seconds(self, ctx: RunContext, built, data) -> float:
+        split = "test" if built.guide.amortised else "train"
+        points = self.evaluation_points(ctx, data, PILOT_POINTS, split)
+        device = device_of(built.model)
+        points = {key: value.to(device) for key, value in points.items()}
+        return seconds_per_point_pass(self.model_program(built), self.plain_guide(built), points,
+                                      built.model.max_plate_nesting)
 
     def exact_metrics(self, model, x, label) -> dict:
         return {}

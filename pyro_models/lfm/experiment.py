@@ -27,8 +27,9 @@ from guides import build_guide, guide_family
 from inference import ElboObjective, GapSettings
 from inference.training.checkpoint import ParamStoreEntries
 from inference.training.run_files import save_torch, write_text
+from inference.throughput import seconds_per_point_pass
 from inference.training.schedules import linear_warmup
-from pyro_models.core import AT_LEAST_ONE, FRACTION, NON_NEGATIVE, POSITIVE, PROBABILITY
+from pyro_models.core import AT_LEAST_ONE, FRACTION, NON_NEGATIVE, POSITIVE, PROBABILITY, device_of
 from pyro_models.experiment_kit import plots
 from pyro_models.experiment_kit.protocol import (
     Built,
@@ -216,6 +217,13 @@ class LFMExperiment(Experiment):
             raise ValueError(f"unknown split {split!r}; choose from: train, dev, test")
         words = getattr(data, split)
         return words.batch(torch.arange(min(num_points, len(words))))
+
+    def evaluation_pass_seconds(self, ctx: RunContext, built, data) -> float | None:
+        """Timed on the first dev words (a local guide has parameters for training words only: None)."""
+        if not built.guide.amortised:
+            return None
+        points = {k: v.to(device_of(built.model)) for k, v in self.evaluation_points(ctx, data, 32, "dev").items()}
+        return seconds_per_point_pass(built.model.model, built.guide, points, built.model.max_plate_nesting)
 
     def gap_estimates(self, ctx: RunContext, built, points, settings: GapSettings, progress: bool = False):
         """log p(x), L[q] and L[q*] exactly, by enumerating the 2^K codes (pyro_models/lfm/gap.py)."""

@@ -93,3 +93,16 @@ def test_log_weights_ignore_poutine_scale(model_and_data):
         lw = log_weights(lambda **kw: model.model(**kw, latent_scales=scales), guide, 4, x=x)
     torch.testing.assert_close(lw[0], model.log_marginal(x), atol=2e-4, rtol=0)
     assert math.isfinite(lw.sum().item())
+
+
+def test_timing_an_evaluation_pass_leaves_the_random_state_as_it_was(model_and_data):
+    """The cost estimate printed before an evaluation times a pilot of it: the evaluation's numbers
+    must not depend on whether it was timed."""
+    from inference.throughput import seconds_per_point_pass
+
+    model, x = model_and_data
+    guide = build_guide(MeanFieldNormal, model.latent_sites, num_points=8)
+    torch.manual_seed(5)
+    before = torch.get_rng_state()
+    seconds = seconds_per_point_pass(model.model, guide, {"x": x[:8], "idx": torch.arange(8)}, particles=4)
+    assert seconds > 0 and torch.equal(torch.get_rng_state(), before)
