@@ -9,7 +9,12 @@ is printed before the evaluation starts.
 """
 import dataclasses
 
+from inference.throughput import matmul_peak_gflops
+
 PROTOCOLS = ("auto", "quick", "paper")
+# The share of the matmul peak that a plan's other matrix work (CPC's L-BFGS probes on frames x
+# features x classes) runs at on this CPU, measured by run/bench_estimates.py.
+MATRIX_EFFICIENCY = 0.5
 
 
 def choose_protocol(requested: str, experiment, steps: int, default_steps: int) -> tuple[str, str]:
@@ -59,10 +64,12 @@ def announcement(experiment, ctx, built, data, given: set[str], protocol: str, w
     if pass_seconds is None and seconds_per_step:
         pass_seconds = seconds_per_step / (3 * ctx.batch_size)
 
+    flop_seconds = 1 / (MATRIX_EFFICIENCY * matmul_peak_gflops() * 1e9) if plan.flops else 0.0
+
     def cost(p) -> str:
         if not pass_seconds:
             return f"{p.point_passes:.2g} point passes"
-        return f"about {duration(p.point_passes * pass_seconds)}"
+        return f"about {duration(p.point_passes * pass_seconds + p.flops * flop_seconds)}"
 
     line = f"evaluation ({protocol}: {why}): {plan.description}; {cost(plan)}"
     if experiment.quick_evaluation:

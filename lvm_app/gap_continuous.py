@@ -38,7 +38,7 @@ def continuous_run_estimates(args, run, points: dict, settings: GapSettings) -> 
     if not all(site.support == "real" for site in model.latent_sites):
         raise NotApplicable(f"model {experiment.name!r} has discrete latents and no gap_estimates() of its own")
     family, init = local_family_for(args, run)
-    print(f"{program_name('run/gap.py')}: plan: {plan_line(args, run, next(iter(points.values())).shape[0])}",
+    print(f"{program_name('run/gap.py')}: plan: {plan_line(args, run, points)}",
           file=sys.stderr)
     plain = experiment.plain_guide(built)  # q* starts from the encoder's own output
     local_guide = plain if family == run.ctx.guide else build_guide(

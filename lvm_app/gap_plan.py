@@ -1,51 +1,63 @@
 """What a gap report will compute and roughly how long it takes, printed before it starts
-(an MFCVAE report at the old defaults was about 6 hours of AIS, with no word of warning)."""
+(an MFCVAE report at the old defaults was about 6 hours of AIS, with no word of warning).
+
+The estimate times the report's own pieces on pilots first (a second or two): a leapfrog step of
+AIS on the report's batch and on a small one (AIS is a sequence of such steps, each a model
+evaluation with gradients whose fixed cost dominates on small networks), and a pass of model and
+guide as importance sampling runs them. ``run/bench_estimates.py`` compares the estimate with
+the time taken. The random state is restored after every pilot: timing must not change a number."""
+import time
+
+import torch
+
+from inference import AISSettings, ais
 from lvm_app.eval_mode import duration
 
 PILOT_CHAINS = 2  # inference.ais: the step-size pilots run in the same batch as the chains
+AIS_WARMUP = 20  # inference.ais.PILOT_WARMUP: transitions at beta = 0 before annealing
+SMALL_BATCH = 25  # points of the doubled-AIS and BDMC runs at the defaults
 
 
-def point_passes(args, num_points: int) -> float:
-    """Single-point forward passes of model and guide: AIS on the points, its doubled run on the
-    convergence points, BDMC's forward and reverse chains, IWAE-K, L[q] and L[q*]'s optimisation.
-    An optimiser step of q* counts as 3 (forward, backward to the weights); a leapfrog step as 2
-    (its gradient is with respect to z only). Checked against a 668 s report (docs/results/gap.md):
-    the estimate came out about 2x high, as AIS runs in larger batches than training."""
-    per_chain_point = args.ais_steps * args.ais_leapfrog * 2 * (args.ais_chains + PILOT_CHAINS)
-    ais = per_chain_point * (num_points + 2 * min(args.convergence_points, num_points) + 2 * args.bdmc_points)
-    sampling = (args.iwae_k + 2 * args.elbo_samples) * num_points
-    local = args.local_steps * args.local_particles * 3 * num_points
-    return ais + sampling + local
+def leapfrog_seconds(program, points: dict, chains: int, leapfrog: int, nesting: int) -> float:
+    """Seconds of one leapfrog step of AIS (every chain of every point of ``points``): a one-step
+    AIS run is its warm-up transitions only."""
+    settings = AISSettings(num_steps=1, num_chains=chains, leapfrog_steps=leapfrog)
+    device = next(iter(points.values())).device
+    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+        started = time.perf_counter()
+        ais(program, points, settings, nesting)
+        return (time.perf_counter() - started) / (AIS_WARMUP * leapfrog)
 
 
-def plan_line(args, run, num_points: int) -> str:
-    """One line: the work and, from the run's own training speed, an estimate in time."""
+def estimate_seconds(args, run, points: dict) -> float:
+    """AIS's sequences of leapfrog steps (main run, the doubled run, BDMC's two) at the step times of
+    their batch sizes, then importance sampling and q*'s steps at the time of an evaluation pass."""
+    experiment, model = run.experiment, run.built.model
+    program, nesting = experiment.model_program(run.built), model.max_plate_nesting
+    n = next(iter(points.values())).shape[0]
+    small = {key: value[:min(SMALL_BATCH, n)] for key, value in points.items()}
+    chains = args.ais_chains
+    t_main = leapfrog_seconds(program, points, chains, args.ais_leapfrog, nesting)
+    t_small = leapfrog_seconds(program, small, chains, args.ais_leapfrog, nesting)
+    per_run = (args.ais_steps + AIS_WARMUP) * args.ais_leapfrog
+    seconds = per_run * t_main
+    if args.convergence_points:
+        seconds += (2 * args.ais_steps + AIS_WARMUP) * args.ais_leapfrog * t_small
+    if args.bdmc_points:
+        seconds += 2 * per_run * t_small
+    pass_seconds = experiment.evaluation_pass_seconds(run.ctx, run.built, run.data)
+    seconds += (args.iwae_k + 2 * args.elbo_samples) * n * pass_seconds
+    # q*: each Adam step a forward and backward pass of every particle and point, or the fixed cost of one
+    seconds += args.local_steps * max(t_small, 3 * args.local_particles * n * pass_seconds)
+    return seconds
+
+
+def plan_line(args, run, points: dict) -> str:
+    """One line: the work and an estimate of its time from pilots of it."""
+    num_points = next(iter(points.values())).shape[0]
     what = (f"{num_points} {args.split} points: AIS {args.ais_steps} steps x {args.ais_chains} chains x "
             f"{args.ais_leapfrog} leapfrog (doubled on {min(args.convergence_points, num_points)} points, BDMC on "
             f"{args.bdmc_points} simulated points), IWAE-{args.iwae_k}, L[q] with {args.elbo_samples} samples, "
             f"q* with up to {args.local_steps} steps")
-    passes = point_passes(args, num_points)
-    experiment, seconds_per_pass, how = run.experiment, None, "at the run's training speed"
-    if experiment.evaluation_pass_seconds is not None:
-        seconds_per_pass, how = experiment.evaluation_pass_seconds(run.ctx, run.built, run.data), "timed on a pilot"
-    seconds_per_pass = seconds_per_pass or training_seconds_per_pass(run)
-    cost = f"about {duration(passes * seconds_per_pass)}" if seconds_per_pass else f"{passes:.2g} point passes"
-    return f"{what}; {cost} {how} (fewer --num-points, --ais-steps or --bdmc-points cut it)"
-
-
-def training_seconds_per_pass(run) -> float | None:
-    """Seconds per single-point forward pass while training: a step is a forward and backward
-    pass (3 forward passes' worth) over a batch."""
-    elapsed, steps = run.train_elapsed_s, run.step
-    if not elapsed or not steps:
-        return None
-    return elapsed / (steps * run.config["train"]["batch_size"] * 3 * passes_per_training_point(run.config["settings"]))
-
-
-def passes_per_training_point(settings: dict) -> float:
-    """Forward passes per point of one training step, relative to the ELBO's one: K particles of
-    an IWAE objective, and a refined guide's steps (each a forward and backward pass) in training."""
-    factor = float(max(1, settings.get("particles") or 1)) if settings.get("objective") == "iwae" else 1.0
-    if settings.get("refine") and settings.get("refine_mode") in ("detach", "full"):
-        factor *= 1 + settings["refine"]
-    return factor
+    cost = duration(estimate_seconds(args, run, points))
+    return f"{what}; about {cost}, timed on pilots (fewer --num-points, --ais-steps or --bdmc-points cut it)"

@@ -43,6 +43,7 @@ from pyro_models.experiment_kit.protocol import (
     setting,
 )
 
+MFCC_COEFFICIENTS = 13  # probes.mfcc_features: 13 coefficients, their deltas and delta-deltas
 DEFAULT_WINDOW = {"fsdd": 4000, "librispeech100": 20480}  # FSDD clips: median 6700 samples at 16 kHz
 BASELINES = ("random", "mfcc", "supervised")
 
@@ -185,7 +186,7 @@ class CPCExperiment(Experiment):
         return log
 
     def evaluation_plan(self, ctx: RunContext, built, data):
-        return _evaluation_plan(data, ctx.settings, window_of(ctx), ctx.batch_size)
+        return _evaluation_plan(data, ctx.settings, window_of(ctx), ctx.batch_size, built.model.feature_dim)
 
     def evaluate(self, ctx: RunContext, built, data, out_dir, progress, parallel=None):
         model, config, settings = built.model, built.model.config, ctx.settings
@@ -257,18 +258,24 @@ class CPCExperiment(Experiment):
                 probe_table(summary, out_dir / "probes.png")]
 
 
-def _evaluation_plan(data, settings, window: int, batch_size: int) -> EvaluationPlan:
+def _evaluation_plan(data, settings, window: int, batch_size: int, feature_dim: int) -> EvaluationPlan:
     """In training windows: the features of every probe utterance (CPC's, and the random
-    encoder's), and each supervised baseline's steps (a forward and backward pass, 3 windows' worth)."""
+    encoder's), and each supervised baseline's steps (a forward and backward pass, 2 windows' worth, measured);
+    and, as matrix work, the linear probes' L-BFGS iterations on each set of features (on frames for
+    the phone probe: the larger part; each iteration a forward and backward pass, 6 flops per
+    multiply-add of features x classes, about 1.25 evaluations per iteration)."""
     utterances = spread(data.train, settings.probe_utterances) + spread(data.test, settings.probe_utterances)
     feature_windows = sum(u.num_samples for u in utterances) / window
     chosen = parse_baselines(settings.baselines)
     encoders = 1 + ("random" in chosen)
-    supervised = 2 * settings.supervised_steps * batch_size * 3 if "supervised" in chosen else 0
+    supervised = 2 * settings.supervised_steps * batch_size * 2 if "supervised" in chosen else 0
+    frames = sum(u.num_samples for u in utterances) / FRAME
+    dims = [feature_dim] * encoders + ([3 * MFCC_COEFFICIENTS] if "mfcc" in chosen else [])
+    per_set = 1.25 * settings.probe_iterations * 6 * (frames * max(data.num_phones, 0) + len(utterances) * len(data.speakers))
     what = f"linear probes on {len(utterances)} utterances" + (f", baselines {', '.join(chosen)}" if chosen else "")
     if supervised:
         what += f" (supervised: 2 x {settings.supervised_steps} steps)"
-    return EvaluationPlan(what, encoders * feature_windows + supervised)
+    return EvaluationPlan(what, encoders * feature_windows + supervised, flops=per_set * sum(dims))
 
 
 def spread(utterances: list, n: int) -> list:

@@ -73,11 +73,13 @@ class Built:
 
 @dataclass
 class EvaluationPlan:
-    """What the final evaluation computes, in words, and its cost in single-point forward passes
-    of model and guide (the CLI turns that into seconds at the run's own training speed)."""
+    """What the final evaluation computes, in words, and its cost: single-point forward passes of
+    model and guide, and ``flops`` of other matrix work (CPC's linear probes); the command line turns
+    them into seconds on this machine (lvm_app/eval_mode.py)."""
 
     description: str
     point_passes: float
+    flops: float = 0.0
 
 
 class Experiment:

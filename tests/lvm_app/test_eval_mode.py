@@ -103,7 +103,8 @@ def test_the_gap_report_prints_its_plan_first(tmp_path):
                      "--local-steps", "3", "--out", tmp_path / "gap")
     assert result.returncode == 0, result.stderr
     plan = [line for line in result.stderr.splitlines() if line.startswith("run/gap.py: plan:")]
-    assert len(plan) == 1 and "3 train points: AIS 4 steps x 2 chains" in plan[0] and " at the run's training speed" in plan[0]
+    assert len(plan) == 1 and "3 train points: AIS 4 steps x 2 chains" in plan[0] and "timed on pilots" in plan[0]
+
 
 
 def run_gap(*args):
@@ -143,3 +144,15 @@ def test_the_compile_gap_report_caps_its_points_by_the_memory_of_a_larger_task(t
     result = run_gap("--checkpoint", out, "--num-points", "100000000", "--out", tmp_path / "gap")
     assert result.returncode == 2, result.stderr
     assert "boundary configurations" in result.stderr and "MiB per point" in result.stderr
+
+
+def test_the_gap_plans_pilots_leave_the_random_state_as_it_was():
+    from lvm_app.gap_plan import leapfrog_seconds
+    from pyro_models import LinearGaussian, LinearGaussianConfig
+
+    model = LinearGaussian(LinearGaussianConfig(data_dim=4, latent_dim=2))
+    torch.manual_seed(3)
+    x = torch.randn(3, 4)
+    before = torch.get_rng_state()
+    assert leapfrog_seconds(model.model, {"x": x}, chains=2, leapfrog=2, nesting=1) > 0
+    assert torch.equal(torch.get_rng_state(), before)
