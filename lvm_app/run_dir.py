@@ -3,8 +3,6 @@
 from dataclasses import dataclass
 from pathlib import Path
 
-import pyro
-
 from inference.training.checkpoint import restore_modules
 from lvm_app.device import UsageError
 from lvm_app.registry import EXPERIMENTS
@@ -55,8 +53,7 @@ def load_run(path, data_dir=None, device=None) -> LoadedRun:
                      local=run["local"], seed=run["seed"], batch_size=train["batch_size"], lr=train["lr"],
                      data_dir=DataDir(data_dir if data_dir is not None else run["data_dir"]))
     data = experiment.load_data(ctx)
-    pyro.clear_param_store()
-    built = experiment.build(ctx, data)
+    built = experiment.build(ctx, data)  # (the caller's param store is left alone: the modules have names of their own)
     restore_modules(state, built.modules)
     for module in built.modules.values():
         module.to(device or "cpu").eval()

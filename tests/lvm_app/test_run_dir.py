@@ -188,3 +188,17 @@ def test_the_atlas_report_of_an_empty_folder_is_an_error(tmp_path):
     result = subprocess.run([sys.executable, str(ROOT / "run" / "gap_atlas.py"), "--report-only", "--out", str(tmp_path)],
                             capture_output=True, text=True, cwd=ROOT, timeout=120)
     assert result.returncode == 1 and "no gap reports" in result.stderr
+
+
+def test_loading_a_run_leaves_the_callers_param_store_alone(tmp_path):
+    """A notebook that loads a run for its gap report keeps its own parameters."""
+    import pyro
+
+    from lvm_app.run_dir import load_run
+
+    out = tmp_path / "run"
+    assert main(["--model", "linear_gaussian", "--steps", "2", "--iwae-k", "2", "--no-progress", "--out", str(out)]) == 0
+    pyro.clear_param_store()
+    pyro.param("my_own", torch.ones(3))
+    run = load_run(out)
+    assert torch.equal(pyro.param("my_own"), torch.ones(3)) and run.step == 2
