@@ -4,6 +4,7 @@ benchmarks), and the seconds of one evaluation pass of a model and guide (what t
 printed before an evaluation or a gap report are made from)."""
 import math
 import time
+from contextlib import contextmanager
 
 import torch
 
@@ -24,6 +25,19 @@ def matmul_peak_gflops(n: int = 1024, repeats: int = 5, device=None) -> float:
     return 2 * n ** 3 / best / 1e9
 
 
+@contextmanager
+def kept_random_state():
+    """Every random generator (torch's, each initialised GPU's, numpy's, Python's) as it was
+    before the block: a pilot timing must not change the numbers that follow it."""
+    from inference.training.checkpoint import rng_state, set_rng_state
+
+    saved = rng_state()
+    try:
+        yield
+    finally:
+        set_rng_state(saved)
+
+
 def seconds_per_point_pass(model, guide, points: dict, max_plate_nesting: int = 1, particles: int = 64,
                            repeats: int = 3) -> float:
     """Seconds of one (particle, point) pass of model and guide as ``evaluate_importance`` runs
@@ -34,9 +48,8 @@ def seconds_per_point_pass(model, guide, points: dict, max_plate_nesting: int = 
     from inference.importance import evaluate_importance
 
     n = next(iter(points.values())).shape[0]
-    device = next((p.device for p in getattr(guide, "parameters", lambda: iter(()))()), torch.device("cpu"))
     best = math.inf
-    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+    with kept_random_state():
         for attempt in range(repeats + 1):
             started = time.perf_counter()
             evaluate_importance(model, guide, points, particles, max_plate_nesting)

@@ -8,9 +8,8 @@ guide as importance sampling runs them. ``run/bench_estimates.py`` compares the 
 the time taken. The random state is restored after every pilot: timing must not change a number."""
 import time
 
-import torch
-
 from inference import AISSettings, ais
+from inference.throughput import kept_random_state
 from lvm_app.eval_mode import duration
 
 PILOT_CHAINS = 2  # inference.ais: the step-size pilots run in the same batch as the chains
@@ -22,8 +21,7 @@ def leapfrog_seconds(program, points: dict, chains: int, leapfrog: int, nesting:
     """Seconds of one leapfrog step of AIS (every chain of every point of ``points``): a one-step
     AIS run is its warm-up transitions only."""
     settings = AISSettings(num_steps=1, num_chains=chains, leapfrog_steps=leapfrog)
-    device = next(iter(points.values())).device
-    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+    with kept_random_state():
         started = time.perf_counter()
         ais(program, points, settings, nesting)
         return (time.perf_counter() - started) / (AIS_WARMUP * leapfrog)
@@ -33,7 +31,7 @@ def estimate_seconds(args, run, points: dict) -> float:
     """AIS's sequences of leapfrog steps (main run, the doubled run, BDMC's two) at the step times of
     their batch sizes, then importance sampling and q*'s steps at the time of an evaluation pass."""
     experiment, model = run.experiment, run.built.model
-    program, nesting = experiment.model_program(run.built), model.max_plate_nesting
+    program, nesting = model.model, model.max_plate_nesting  # AIS runs on the model itself (no auxiliary sites)
     n = next(iter(points.values())).shape[0]
     small = {key: value[:min(SMALL_BATCH, n)] for key, value in points.items()}
     chains = args.ais_chains

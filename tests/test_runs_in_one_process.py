@@ -37,11 +37,10 @@ def test_two_seeds_in_one_process_equal_two_processes(model, tmp_path, capsys):
     if model in NEEDS_DATA_DIR and not os.environ.get("PYRO_MODELS_DATA"):
         pytest.skip("PYRO_MODELS_DATA is not set (CI sets it to ../shared/data)")
     flags = [*RUNS[model], "--no-progress"]
-    for seed in (0, 1):  # one process: this one
+    for seed in (0, 1):  # one process: this one; the second run is the one the first could reach
         assert cli.main([*flags, "--seed", str(seed), "--out", str(tmp_path / f"in-process-{seed}")]) == 0
     capsys.readouterr()
-    for seed in (0, 1):
-        alone = run_cli(*flags, "--seed", seed, "--out", tmp_path / f"alone-{seed}")
-        assert alone.returncode == 0, alone.stderr
-        assert results(tmp_path / f"in-process-{seed}") == results(tmp_path / f"alone-{seed}"), f"seed {seed}"
-    assert results(tmp_path / "alone-0") != results(tmp_path / "alone-1")  # the seeds differ: a real comparison
+    alone = run_cli(*flags, "--seed", 1, "--out", tmp_path / "alone-1")
+    assert alone.returncode == 0, alone.stderr
+    assert results(tmp_path / "in-process-1") == results(tmp_path / "alone-1")
+    assert results(tmp_path / "in-process-0") != results(tmp_path / "in-process-1")  # the seeds differ: a real test

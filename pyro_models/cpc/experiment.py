@@ -26,6 +26,7 @@ from tqdm.auto import tqdm
 
 from inference import GlobalBatchLoss
 from inference.infonce import MODES, info_nce
+from inference.throughput import kept_random_state
 from inference.training.metrics_log import read_metrics
 from inference.training.prefetch import PrefetchedBatches
 from pyro_models.core import AT_LEAST_ONE, NON_NEGATIVE, device_of
@@ -170,7 +171,7 @@ class CPCExperiment(Experiment):
         """Seconds of the encoder and GRU on one test window (the plan's unit), timed on one batch."""
         model, device = built.model, device_of(built.model)
         wave = WindowBatches(data.test, window_of(ctx), ctx.batch_size, seed=12345)(0)["wave"].to(device)
-        with torch.no_grad(), torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+        with torch.no_grad(), kept_random_state():
             model(wave[:1])  # warm-up
             started = time.perf_counter()
             model(wave)
