@@ -14,7 +14,7 @@ from pyro.poutine.indep_messenger import IndepMessenger
 from pyro.poutine.util import site_is_subsample
 from torch import nn
 
-from pyro_models.core import DATA_PLATE, latent_scale, unique_name
+from pyro_models.core import DATA_PLATE, NamedModule, latent_scale
 
 from .sources import call_encoder
 
@@ -56,7 +56,7 @@ class _SamePlate(IndepMessenger):
         BroadcastMessenger._pyro_sample(msg)
 
 
-class AuxiliaryReverse(nn.Module):
+class AuxiliaryReverse(NamedModule):
     """r(v | z, x) = N(mu, diag sigma^2) from a network of (z, features(x)), one per aux site.
 
     ``encoder`` (a fresh copy of the model's encoder body, any keyword inputs) gives the data
@@ -66,7 +66,7 @@ class AuxiliaryReverse(nn.Module):
     def __init__(self, aux_sites: dict, encoder: nn.Module, encoder_dim: int, hidden: int = 100,
                  name: str | None = None):
         super().__init__()
-        self.name = name or unique_name("aux_reverse")
+        self._claim_name(name, "aux_reverse")
         self.aux_sites = dict(aux_sites)
         self.encoder = encoder
         self.nets = nn.ModuleDict({
@@ -76,7 +76,7 @@ class AuxiliaryReverse(nn.Module):
         })
 
     def forward(self, latents: dict, *args, latent_scales=None, idx=None, num_data=None, batch_size=None, **kwargs):
-        pyro.module(self.name, self)
+        self.register_with_pyro()
         features = call_encoder(self.encoder, args, kwargs)
         for name, (_, aux_name, _) in self.aux_sites.items():
             z = latents[name]

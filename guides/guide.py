@@ -1,19 +1,18 @@
 """The guide program: one family per latent site, parameters from an encoder or a table."""
 from collections.abc import Callable, Sequence
 
-import pyro
 import torch
 from pyro import poutine
 from pyro.infer.util import is_validation_enabled
 from torch import nn
 
-from pyro_models.core import DATA_PLATE, LatentSite, batch_size_of, data_plate, latent_scale, unique_name
+from pyro_models.core import DATA_PLATE, LatentSite, NamedModule, batch_size_of, data_plate, latent_scale
 
 from .family import Family
 from .sources import AmortisedParams, LocalParams
 
 
-class Guide(nn.Module):
+class Guide(NamedModule):
     """Mean-field across sites: q(z_1..z_S | x) = prod_s q_s(z_s | params_s(x or idx)).
 
     Called as the model is: data as keyword arguments (``x=...``) or positionally
@@ -37,7 +36,7 @@ class Guide(nn.Module):
         self.source = source
         self.site_infer = site_infer
         self.splits = [family.param_dim for family in families]
-        self.name = name or unique_name("guide")
+        self._claim_name(name, "guide")
         self.plate_name = plate_name
 
     @property
@@ -49,7 +48,7 @@ class Guide(nn.Module):
         return self.source(args, data, idx, batch_size_of_call(args, data, idx, batch_size, required=False))
 
     def forward(self, *args, idx=None, latent_scales=None, num_data=None, batch_size=None, **data):
-        pyro.module(self.name, self)
+        self.register_with_pyro()
         if is_validation_enabled():  # Pyro's checks: the data, before the encoder turns a NaN into a NaN parameter
             check_finite_data(args, data)
         batch = batch_size_of_call(args, data, idx, batch_size)

@@ -78,7 +78,9 @@ class LocalParams(nn.Module):
         if idx is None:
             if batch != self.table.shape[0]:
                 raise ValueError(f"a local guide of {self.table.shape[0]} points called on a batch of {batch}: call it "
-                                 "(and the model) with idx=..., the points' rows in its table")
+                                 "(and the model) with idx=..., the points' rows in its table; a model of your own "
+                                 "must then take idx too (def model(x, idx=None): ..., and pass it to the plate as "
+                                 "pyro.plate('data', N, subsample=idx) on minibatches)")
             return self.table
         return self.table[idx]
 

@@ -7,10 +7,12 @@ and must not leak into an estimate of log p(x).
 """
 import pyro
 import torch
+from pyro import distributions as dist
 from pyro import poutine
 from pyro.distributions.util import scale_and_mask
 from pyro.poutine.util import site_is_subsample
 
+from guides import FlowDistribution
 from pyro_models.core import DATA_PLATE
 
 
@@ -86,12 +88,16 @@ def check_sites_match(model_trace, guide_trace) -> None:
     -log q to every weight (an auxiliary guide scored against the bare model gave an "IWAE" of
     +292.7 nats per binary image), an unmatched model site is drawn from its prior and scored
     as if the guide had proposed it. Sites the model enumerates (``infer={"enumerate": ...}``)
-    are summed out, not proposed, and are not required of the guide."""
+    are summed out, not proposed, and are not required of the guide. A guide's own auxiliary sites
+    (``infer={"is_auxiliary": True}``, as Pyro's autoguides sample their unconstrained values) are
+    part of q, not sites the model must have. A guide site that is a point mass with no auxiliary
+    site behind it (``AutoDelta``) has no density to weight by and is refused."""
     model_latents = {name for name in _latent_names(model_trace)
                      if not model_trace.nodes[name]["infer"].get("enumerate")}
     observed_in_model = {name for name, site in model_trace.nodes.items()
                          if site["type"] == "sample" and site["is_observed"]}
-    for name in sorted(_latent_names(guide_trace)):
+    own_auxiliary = {name for name in _latent_names(guide_trace) if guide_trace.nodes[name]["infer"].get("is_auxiliary")}
+    for name in sorted(_latent_names(guide_trace) - own_auxiliary):
         if name in observed_in_model:
             raise SiteMismatch(f"the guide samples site {name!r}, which the model observes: remove it from the guide")
         if name not in model_latents:
@@ -103,6 +109,22 @@ def check_sites_match(model_trace, guide_trace) -> None:
         raise SiteMismatch(
             f"the model's latent site {missing[0]!r} is not sampled by the guide: give the guide a site of that "
             "name (e.g. guides.build_guide(family, model.latent_sites, ...))")
+    if not own_auxiliary:  # a Delta site is a density only as a transform of an auxiliary site's draw
+        flows_outputs = {getattr(site["fn"].family, "aux_name", None) for site in guide_trace.nodes.values()
+                         if site["type"] == "sample" and isinstance(site["fn"], FlowDistribution)}
+        point_masses = sorted(name for name in model_latents & _latent_names(guide_trace)
+                              if _is_point_mass(guide_trace.nodes[name]["fn"]) and name not in flows_outputs)
+        if point_masses:
+            raise SiteMismatch(
+                f"the guide's site {point_masses[0]!r} is a point mass (Delta): it has no density, so it is no "
+                "proposal for importance weights and gives no bound (AutoDelta finds a MAP point, not a q); use a "
+                "guide with a density (AutoNormal, or guides.build_guide)")
+
+
+def _is_point_mass(fn) -> bool:
+    """A Delta that carries no density of its own (a Delta with a ``log_density`` is one, as a user's
+    flow written with Delta sites is)."""
+    return isinstance(fn, dist.Delta) and not bool(torch.as_tensor(fn.log_density).ne(0).any())
 
 
 def sum_sites(trace, num_particles: int, max_plate_nesting: int, latent_only: bool, names=None,
@@ -117,6 +139,13 @@ def sum_sites(trace, num_particles: int, max_plate_nesting: int, latent_only: bo
         if names is not None and name not in names:
             continue
         dims = {frame.name: frame.dim for frame in site["cond_indep_stack"]}
+        if data_plate not in dims and site["infer"].get("is_auxiliary"):
+            raise ValueError(
+                f"the guide's auxiliary site {name!r} holds every point's latents in one vector, outside the "
+                f"{data_plate!r} plate: its density does not split into one per point, so there are no per-point "
+                "weights (Pyro's AutoDiagonalNormal, AutoMultivariateNormal, AutoLowRankMultivariateNormal and "
+                "AutoIAFNormal are such guides); use AutoNormal, or guides.build_guide"
+            )
         if data_plate not in dims:
             raise ValueError(
                 f"site {name!r} is outside the {data_plate!r} plate: per-datapoint importance weights need every "

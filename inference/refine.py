@@ -150,7 +150,7 @@ class RefinedGuide(nn.Module):
         if not self.refines():
             return self.guide(*args, idx=idx, latent_scales=latent_scales, num_data=num_data,
                               batch_size=batch_size, **data)
-        pyro.module(self.guide.name, self.guide)
+        self.guide.register_with_pyro()
         batch = batch_size_of_call(args, data, idx, batch_size)
         initial = self.guide.params(*args, idx=idx, batch_size=batch, **data)
         full = self.in_training and self.mode == "full"

@@ -1,5 +1,5 @@
 """gap.md, and the figures of a gap report as the tables show them (run/gap.py, the atlas)."""
-from inference.gap.checks import NOT_APPLICABLE
+from inference.gap.checks import FAIL, NOT_APPLICABLE
 
 
 def format_or_dash(value, digits: int = 2) -> str:
@@ -55,6 +55,10 @@ def markdown(report: dict) -> str:
         if r.get(f"{key}_method"):
             lines.append(f"- {label}: {r[f'{key}_method']}." + (
                 f" Exact: {r['log_px_exact']:.2f}." if key == "log_px" and "log_px_exact" in r else ""))
+    if r.get("gaps_from") not in (None, "log_px"):
+        bound = {"iwae": "IWAE-K", "elbo_local": "L[q*]"}[r["gaps_from"]]
+        lines.append(f"- log p(x)'s estimate sat below {bound}, a lower bound on log p(x): the gaps are computed from "
+                     f"{bound} instead, so the approximation gap is a lower bound on the true one.")
     if "bdmc_simulated" in r:
         b = r["bdmc_simulated"]
         lines.append(f"- BDMC on {b['points']} points simulated from the model (not the points above): "
@@ -77,7 +81,10 @@ def markdown(report: dict) -> str:
 
 
 def checks_markdown(report: dict) -> str:
-    verdict = {True: "**converged**: every check passed", False: "**NOT CONVERGED**: a check failed",
+    statuses = {check["status"] for check in report["checks"].values()}
+    verdict = {True: "**converged**: every check passed",
+               False: "**NOT CONVERGED**: a check failed" if FAIL in statuses else
+               "**NOT CONFIRMED**: a check was inconclusive (too noisy to tell) and none failed",
                None: "**convergence unknown**: log p(x)'s convergence was not checked"}[report["converged"]]
     lines = [f"Checks: {verdict}.", ""]
     for name, check in report["checks"].items():

@@ -4,7 +4,9 @@ settings fields that become CLI flags."""
 import dataclasses
 import itertools
 import math
+import re
 import typing
+import weakref
 from collections import Counter
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -107,15 +109,58 @@ def derived(default):
 
 
 _instances: Counter = Counter()
+_live: "weakref.WeakValueDictionary[str, nn.Module]" = weakref.WeakValueDictionary()  # name -> the module holding it
 
 
 def unique_name(base: str) -> str:
     """``base`` for the first instance in this process, then ``base_1``, ``base_2``, ...: the
     name under which an instance registers its networks with ``pyro.module``, so that two
-    models (or guides) in one program have their own parameters in Pyro's param store."""
-    count = _instances[base]
-    _instances[base] += 1
-    return base if count == 0 else f"{base}_{count}"
+    models (or guides) in one program have their own parameters in Pyro's param store. A name is
+    never handed out twice in a process, nor one a live module holds."""
+    while True:
+        count = _instances[base]
+        _instances[base] += 1
+        name = base if count == 0 else f"{base}_{count}"
+        if name not in _live:
+            return name
+
+
+class NamedModule(nn.Module):
+    """A module whose networks live in Pyro's param store under a name of its own (``name``).
+
+    Two live modules under one name would share the store's entries, and the second would never
+    train (its own tensors are not the ones an optimiser of the store moves): so a name given
+    (``name=``) that another live module holds is refused, and a copy (``copy.deepcopy``, a
+    pickled module loaded again) takes a fresh name. A module re-created under the name of one
+    that is gone takes the store's values for it: ``pyro.get_param_store().load(...)`` (or
+    ``set_state``), then ``VAE(config, name="vae")``, restores a saved model the Pyro way."""
+
+    def _claim_name(self, name: str | None, base: str) -> None:
+        if name is None:
+            name = unique_name(base)
+        else:
+            holder = _live.get(name)
+            if holder is not None and holder is not self:
+                raise ValueError(f"another live module already registers its parameters under the name {name!r} in "
+                                 "Pyro's param store: two modules under one name share the store's entries and the "
+                                 "second never trains; give this one another name= (a copy gets its own)")
+        _live[name] = self
+        self.name = name
+
+    def register_with_pyro(self) -> None:
+        """``pyro.module`` under the module's name: its tensors become the store's entries, or, where
+        the store already holds values under that name (loaded from a file), the store's values
+        become its tensors."""
+        pyro.module(self.name, self, update_module_params=True)
+
+    def __getstate__(self):
+        for p in self.parameters():  # Pyro's link to the store (a weakref: it cannot be pickled); remade on use
+            p.__dict__.pop("unconstrained", None)
+        return dict(self.__dict__)
+
+    def __setstate__(self, state):
+        super().__setstate__(state)
+        self._claim_name(None, re.sub(r"_\d+$", "", self.name))  # a copy: its own name, its own parameters
 
 
 def device_of(module: nn.Module) -> torch.device:

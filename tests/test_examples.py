@@ -15,6 +15,7 @@ EXAMPLES = {
     "nuts_vae_posterior.py": ["--steps", "20", "--samples", "10"],
     "autoguide_mfcvae.py": ["--steps", "5"],
     "prior_samples.py": [],
+    "save_and_restore.py": ["--steps", "30"],
 }
 
 

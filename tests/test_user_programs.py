@@ -1,10 +1,13 @@
 """The library inside a Pyro user's own program: their SVI loop, Pyro's autoguides, NUTS,
 Predictive, their own model with the library's guides and estimators (issue: a library a Pyro
 user can import). Each test is one of the cases that used to fail silently or oddly."""
+import gc
 import importlib.metadata
+import pickle
 import json
 import subprocess
 import sys
+from copy import deepcopy
 from pathlib import Path
 
 import pyro
@@ -62,6 +65,56 @@ def test_two_models_in_one_program_train_their_own_parameters():
         assert (model.decoder[0].weight.detach() - old).abs().max() > 1e-3
     names = set(pyro.get_param_store().keys())
     assert any(n.startswith(f"{first.name}$$$") for n in names) and any(n.startswith(f"{second.name}$$$") for n in names)
+
+
+def test_a_copy_trains_its_own_parameters_and_leaves_the_original_alone():
+    x = binary_images()
+    original = VAE(VAEConfig(data_dim=64))
+    fit(original, x, steps=2)
+    copy = deepcopy(original)
+    assert copy.name != original.name
+    kept = original.decoder[0].weight.detach().clone()
+    before = copy.decoder[0].weight.detach().clone()
+    fit(copy, x)
+    assert (copy.decoder[0].weight.detach() - before).abs().max() > 1e-3  # a copy that shared the name never moved
+    assert torch.equal(original.decoder[0].weight.detach(), kept)
+
+
+def test_a_trained_model_pickles_and_the_loaded_one_trains():
+    x = binary_images()
+    vae = VAE(VAEConfig(data_dim=64))
+    fit(vae, x, steps=2)  # registered with Pyro: its parameters carry Pyro's links to the store
+    loaded = pickle.loads(pickle.dumps(vae))
+    assert loaded.name != vae.name and torch.equal(loaded.decoder[0].weight, vae.decoder[0].weight)
+    before = loaded.decoder[0].weight.detach().clone()
+    fit(loaded, x)
+    assert (loaded.decoder[0].weight.detach() - before).abs().max() > 1e-3
+
+
+def test_a_name_a_live_module_holds_is_refused_and_free_again_once_it_is_gone():
+    held = VAE(VAEConfig(data_dim=64), name="held")
+    with pytest.raises(ValueError, match="already registers its parameters under the name 'held'"):
+        VAE(VAEConfig(data_dim=64), name="held")
+    del held
+    gc.collect()
+    assert VAE(VAEConfig(data_dim=64), name="held").name == "held"
+
+
+def test_a_saved_param_store_restores_a_model_re_created_under_its_name(tmp_path):
+    x = binary_images()
+    vae = VAE(VAEConfig(data_dim=64), name="saved_vae")
+    fit(vae, x)
+    trained = {k: v.detach().clone() for k, v in vae.state_dict().items()}
+    pyro.get_param_store().save(tmp_path / "params.pt")
+    del vae
+    gc.collect()
+    pyro.clear_param_store()
+    pyro.get_param_store().load(tmp_path / "params.pt")
+    restored = VAE(VAEConfig(data_dim=64), name="saved_vae")
+    assert not torch.equal(restored.decoder[0].weight, trained["decoder.0.weight"])  # fresh weights until
+    restored.register_with_pyro()  # ... the store's values become the module's (as on its first model call)
+    for key, value in restored.state_dict().items():
+        assert torch.equal(value, trained[key]), key
 
 
 # 2. generation -------------------------------------------------------------------------------

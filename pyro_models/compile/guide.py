@@ -21,23 +21,24 @@ from pyro_models.compile.model import (
     MASK_LOGIT,
     CompILEConfig,
     allowed_positions,
+    check_lengths,
     eos_boundary,
     next_remainder,
     one_hot_site,
     transition_support,
 )
-from pyro_models.core import DATA_PLATE, data_plate, latent_scale, unique_name
+from pyro_models.core import DATA_PLATE, NamedModule, data_plate, latent_scale
 
 MIN_ALLOWED = 1e-6  # a position less likely than this to follow the previous boundary is masked
 
 
-class CompILEGuide(nn.Module):
+class CompILEGuide(NamedModule):
     amortised = True  # one network gives every sequence's distribution (what the gap report asks)
 
     def __init__(self, config: CompILEConfig | None = None, name: str | None = None, plate_name: str = DATA_PLATE):
         super().__init__()
         self.config = config = config or CompILEConfig()
-        self.name = name or unique_name("compile_guide")
+        self._claim_name(name, "compile_guide")
         self.plate_name = plate_name
         hidden, latent = config.hidden_dim, config.latent_dim
         self.embed = nn.Embedding(config.vocab_size, hidden)
@@ -114,7 +115,8 @@ class CompILEGuide(nn.Module):
 
     def guide(self, tokens=None, lengths=None, idx=None, latent_scales=None, relaxed=True, num_data=None):
         """q(b_1 | x) q(z_1 | b_1, x) q(b_2 | b_1, x) ...: the sites of ``CompILE.model`` (same arguments)."""
-        pyro.module(self.name, self)
+        self.register_with_pyro()
+        check_lengths(lengths)
         cfg = self.config
 
         def sample_boundary(i, logits):

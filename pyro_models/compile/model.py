@@ -84,10 +84,10 @@ from pyro_models.core import (
     NON_NEGATIVE,
     POSITIVE,
     LatentSite,
+    NamedModule,
     data_plate,
     latent_scale,
     setting,
-    unique_name,
 )
 
 MASK_LOGIT = -30.0  # logit of positions that cannot be a boundary: probability < 1e-13
@@ -202,6 +202,14 @@ class SegmentedCategorical(dist.TorchDistribution):
             return torch.where(scored, draws, torch.zeros_like(draws))
 
 
+def check_lengths(lengths) -> None:
+    """CompILE is conditioned on each sequence's length (content plus EOS): the model and its guide
+    need ``lengths``, also to sample from the prior (where ``tokens`` is None)."""
+    if not torch.is_tensor(lengths):
+        raise ValueError("CompILE's model and guide are conditioned on each sequence's length: give lengths= (a "
+                         "tensor of the sequences' lengths, EOS included), also to sample (tokens=None)")
+
+
 def position_masks(lengths: torch.Tensor, width: int) -> tuple[torch.Tensor, torch.Tensor]:
     """(boundary, content) masks of shape (B, T): boundaries may sit on 1..L-1, content is 0..L-2."""
     t = torch.arange(width, device=lengths.device)
@@ -256,7 +264,7 @@ def boundary_prior_logits(previous: torch.Tensor, support: torch.Tensor, table: 
     return masked_log((previous.unsqueeze(-2) @ conditional).squeeze(-2))
 
 
-class CompILE(nn.Module):
+class CompILE(NamedModule):
     """The generative model: priors over boundaries and codes, and the segment decoder
     (an MLP from z_i to the logits of one categorical over symbols, shared by the whole segment)."""
 
@@ -265,7 +273,7 @@ class CompILE(nn.Module):
     def __init__(self, config: CompILEConfig | None = None, name: str | None = None, plate_name: str = DATA_PLATE):
         super().__init__()
         config = config or CompILEConfig()
-        self.name = name or unique_name("compile")
+        self._claim_name(name, "compile")
         self.plate_name = plate_name
         if config.latent_dist not in LATENT_DISTS:
             raise ValueError(f"latent_dist must be one of {LATENT_DISTS}, got {config.latent_dist!r}")
@@ -307,7 +315,8 @@ class CompILE(nn.Module):
         (always given: the model is conditioned on each sequence's length). ``relaxed``:
         Gumbel-softmax sites (training) or the discrete model (evaluation). ``idx``/``num_data``:
         subsampling (``pyro_models.core.data_plate``); ``latent_scales``: {site: KL weight}."""
-        pyro.module(self.name, self)
+        self.register_with_pyro()
+        check_lengths(lengths)
         cfg = self.config
         width = tokens.shape[-1] if tokens is not None else cfg.max_length
         batch = lengths.shape[0]

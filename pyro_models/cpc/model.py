@@ -20,11 +20,10 @@ commas; ``width`` sets the channels of the paper's layers when no list is given.
 """
 from dataclasses import dataclass
 
-import pyro
 import torch
 from torch import nn
 
-from pyro_models.core import AT_LEAST_ONE, setting, unique_name
+from pyro_models.core import AT_LEAST_ONE, NamedModule, setting
 
 PAPER_LAYERS = ((10, 5, 3), (8, 4, 2), (4, 2, 1), (4, 2, 1), (4, 2, 1))  # kernel, stride, padding
 SAMPLE_RATE = 16000
@@ -126,11 +125,11 @@ class ConvEncoder(nn.Module):
         return self.net(wave.unsqueeze(1)).transpose(1, 2)
 
 
-class CPC(nn.Module):
+class CPC(NamedModule):
     def __init__(self, config: CPCConfig | None = None, name: str | None = None):
         super().__init__()
         self.config = config = config or CPCConfig()
-        self.name = name or unique_name("cpc")
+        self._claim_name(name, "cpc")
         layers = parse_layers(config.encoder_layers) if config.encoder_layers else paper_layers(config.width)
         self.encoder = ConvEncoder(layers, config.norm)
         self.gru = nn.GRU(self.encoder.output_dim, config.context_dim, batch_first=True)
@@ -162,5 +161,5 @@ class CPC(nn.Module):
 
     def model(self, wave: torch.Tensor):
         """For Pyro programs: registers the networks (``pyro.module``) and returns (z, c, predictions)."""
-        pyro.module(self.name, self)
+        self.register_with_pyro()
         return self(wave)

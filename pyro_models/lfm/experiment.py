@@ -25,9 +25,9 @@ from pyro.infer import TraceGraph_ELBO, TraceMeanField_ELBO
 
 from guides import build_guide, guide_family
 from inference import ElboObjective, GapSettings
+from inference.throughput import seconds_per_point_pass
 from inference.training.checkpoint import ParamStoreEntries
 from inference.training.run_files import save_torch, write_text
-from inference.throughput import seconds_per_point_pass
 from inference.training.schedules import linear_warmup
 from pyro_models.core import AT_LEAST_ONE, FRACTION, NON_NEGATIVE, POSITIVE, PROBABILITY, device_of
 from pyro_models.experiment_kit import plots

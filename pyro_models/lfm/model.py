@@ -27,12 +27,12 @@ from pyro_models.core import (
     FRACTION,
     PROBABILITY,
     LatentSite,
+    NamedModule,
     batch_size_of,
     data_plate,
     derived,
     latent_scale,
     setting,
-    unique_name,
 )
 
 PAD, UNK, BOS, EOS = 0, 1, 2, 3  # the vocabulary convention of pyro_models/lfm/data.py
@@ -102,7 +102,7 @@ class WordDistribution(dist.TorchDistribution):
         return self.decoder.log_likelihood(z, words, lengths.reshape(-1)).reshape(value.shape[:-1])
 
 
-class LatentFactorModel(nn.Module):
+class LatentFactorModel(NamedModule):
     max_plate_nesting = 1
 
     def __init__(self, config: LFMConfig | None = None, name: str | None = None, plate_name: str = DATA_PLATE):
@@ -110,7 +110,7 @@ class LatentFactorModel(nn.Module):
         if config is None:  # a fresh default per model, not one instance shared by all
             config = LFMConfig()
         self.config = config
-        self.name = name or unique_name("lfm")
+        self._claim_name(name, "lfm")
         self.plate_name = plate_name
         h = config.hidden_dim
         self.embedding = nn.Embedding(config.vocab_size, config.embedding_dim, padding_idx=PAD)
@@ -172,7 +172,7 @@ class LatentFactorModel(nn.Module):
         (``pyro_models.core.data_plate``); ``latent_scales``: {"z": weight}; ``word_dropout``:
         the probability of replacing a decoder input symbol by UNK (training only). Returns the
         next-symbol logits (observed) or the generated words."""
-        pyro.module(self.name, self)
+        self.register_with_pyro()
         if tokens is None:
             batch = batch_size_of(None, idx, batch_size)
             with data_plate(self.plate_name, batch, idx, num_data):

@@ -14,17 +14,15 @@ from torch import nn
 from pyro_models.core import (
     AT_LEAST_ONE,
     DATA_PLATE,
-    POSITIVE,
     LatentSite,
+    NamedModule,
     batch_size_of,
     data_plate,
     derived,
     latent_scale,
     setting,
-    unique_name,
 )
 from pyro_models.networks import KeywordInput, mlp
-
 
 # s^2 enters the covariance W W^T + s^2 I in float32: beyond 1e9 the closed forms overflow.
 NOISE_SCALE = ("positive and at most 1e9 (its square enters the covariance in float32)", lambda value: 0 < value <= 1e9)
@@ -38,14 +36,14 @@ class LinearGaussianConfig:
     encoder_hidden: tuple[int, ...] = setting((32,), "encoder hidden layer sizes (amortised guides)")
 
 
-class LinearGaussian(nn.Module):
+class LinearGaussian(NamedModule):
     max_plate_nesting = 1
 
     def __init__(self, config: LinearGaussianConfig | None = None, name: str | None = None,
                  plate_name: str = DATA_PLATE):
         super().__init__()
         self.config = config = config or LinearGaussianConfig()
-        self.name = name or unique_name("linear_gaussian")
+        self._claim_name(name, "linear_gaussian")
         self.plate_name = plate_name
         self.weight = nn.Parameter(torch.randn(config.data_dim, config.latent_dim) / math.sqrt(config.latent_dim))
         self.bias = nn.Parameter(torch.zeros(config.data_dim))
@@ -65,7 +63,7 @@ class LinearGaussian(nn.Module):
         ``plate_name``; sites ``z`` (batch, d) and ``x`` (batch, D). ``x=None`` samples x (give
         ``batch_size``); ``idx``/``num_data``: subsampling (``pyro_models.core.data_plate``);
         ``latent_scales``: {"z": weight}."""
-        pyro.module(self.name, self)
+        self.register_with_pyro()
         batch, d = batch_size_of(x, idx, batch_size), self.config.latent_dim
         with data_plate(self.plate_name, batch, idx, num_data):
             with latent_scale("z", latent_scales):

@@ -24,13 +24,13 @@ from pyro_models.core import (
     DATA_PLATE,
     POSITIVE,
     LatentSite,
+    NamedModule,
     batch_size_of,
     data_plate,
     derived,
     latent_scale,
     setting,
     softplus_inverse,
-    unique_name,
 )
 from pyro_models.likelihoods import BernoulliLogits
 from pyro_models.mfcvae.ladder import MLPLadderDecoder, MLPLadderEncoder
@@ -78,7 +78,7 @@ class FacetPrior(dist.MixtureSameFamily):
         return super().expand(batch_shape, _instance=new)
 
 
-class MFCVAE(nn.Module):
+class MFCVAE(NamedModule):
     max_plate_nesting = 1
 
     def __init__(self, config: MFCVAEConfig | None = None, name: str | None = None, plate_name: str = DATA_PLATE):
@@ -86,7 +86,7 @@ class MFCVAE(nn.Module):
         config = config or MFCVAEConfig()
         config.check()
         self.config = config
-        self.name = name or unique_name("mfcvae")
+        self._claim_name(name, "mfcvae")
         self.plate_name = plate_name
         self.num_facets = len(config.latent_dims)
         shapes = list(zip(config.clusters, config.latent_dims))
@@ -180,7 +180,7 @@ class MFCVAE(nn.Module):
         (``pyro_models.core.data_plate``); ``latent_scales``: {"z0": weight, ...}, each facet's
         KL weight; ``facet_fade``: per-facet decoder input weights (progressive training).
         Returns the decoder's logits."""
-        pyro.module(self.name, self)
+        self.register_with_pyro()
         with data_plate(self.plate_name, batch_size_of(x, idx, batch_size), idx, num_data):
             zs = []
             for j, site in enumerate(self.latent_sites):

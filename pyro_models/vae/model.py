@@ -12,12 +12,12 @@ from pyro_models.core import (
     AT_LEAST_ONE,
     DATA_PLATE,
     LatentSite,
+    NamedModule,
     batch_size_of,
     data_plate,
     derived,
     latent_scale,
     setting,
-    unique_name,
 )
 from pyro_models.likelihoods import BernoulliLogits
 from pyro_models.networks import KeywordInput, mlp
@@ -31,7 +31,7 @@ class VAEConfig:
     encoder_hidden: tuple[int, ...] = setting((200, 200), "encoder hidden layer sizes (amortised guides)")
 
 
-class VAE(nn.Module):
+class VAE(NamedModule):
     """p(z) = N(0, I), p(x | z) = prod_d Bernoulli(x_d | sigmoid(decoder(z))_d)."""
 
     max_plate_nesting = 1
@@ -39,7 +39,7 @@ class VAE(nn.Module):
     def __init__(self, config: VAEConfig | None = None, name: str | None = None, plate_name: str = DATA_PLATE):
         super().__init__()
         self.config = config = config or VAEConfig()
-        self.name = name or unique_name("vae")
+        self._claim_name(name, "vae")
         self.plate_name = plate_name
         self.decoder = mlp([config.latent_dim, *config.decoder_hidden, config.data_dim])
 
@@ -60,7 +60,7 @@ class VAE(nn.Module):
         ``x``: binary images (batch, data_dim), observed; ``None`` samples them (give
         ``batch_size``). ``idx``/``num_data``: subsampling (see ``pyro_models.core.data_plate``).
         ``latent_scales``: {"z": weight}, KL annealing. Returns the decoder's logits."""
-        pyro.module(self.name, self)
+        self.register_with_pyro()
         batch = batch_size_of(x, idx, batch_size)
         zero = self.decoder[0].weight.new_zeros(())
         prior = dist.Normal(zero, 1.0).expand([batch, self.config.latent_dim])
