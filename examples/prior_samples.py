@@ -10,8 +10,7 @@ import argparse
 import torch
 from pyro.infer import Predictive
 
-from pyro_models import (CompILE, LatentFactorModel, LFMConfig, LinearGaussian, MFCVAE, MFCVAEConfig, VAE,
-                         VAEConfig)
+from pyro_models import MFCVAE, VAE, CompILE, LatentFactorModel, LFMConfig, LinearGaussian, MFCVAEConfig, VAEConfig
 
 
 def main(argv=None):

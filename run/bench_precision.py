@@ -18,8 +18,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a check
 
 import pyro  # noqa: E402
 
-from inference.training.precision import PRECISIONS, with_precision  # noqa: E402
 from inference.training.loop import make_optimizer, parameters_of  # noqa: E402
+from inference.training.precision import PRECISIONS, with_precision  # noqa: E402
 from lvm_app.cli import parse  # noqa: E402
 from lvm_app.training_run import run_context  # noqa: E402
 

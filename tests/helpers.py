@@ -7,7 +7,6 @@ import sys
 import numpy as np
 import pyro
 import torch
-
 from conftest import ROOT
 
 

@@ -20,7 +20,6 @@ import sys
 from pathlib import Path
 
 import pytest
-
 from conftest import ROOT
 
 PAPERS = ("vae", "linear_gaussian", "mfcvae", "compile", "lfm", "cpc")

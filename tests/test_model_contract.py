@@ -16,10 +16,10 @@ import pyro
 import pyro.distributions as dist
 import pytest
 import torch
+from conftest import ROOT
 from pyro import poutine
 from pyro.infer import SVI, Predictive, Trace_ELBO, TraceGraph_ELBO
 
-from conftest import ROOT
 from guides import GUIDE_FAMILIES, build_guide
 from inference import check_sites_match
 from pyro_models import (

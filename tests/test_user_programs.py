@@ -3,8 +3,8 @@ Predictive, their own model with the library's guides and estimators (issue: a l
 user can import). Each test is one of the cases that used to fail silently or oddly."""
 import gc
 import importlib.metadata
-import pickle
 import json
+import pickle
 import subprocess
 import sys
 from copy import deepcopy
@@ -14,17 +14,28 @@ import pyro
 import pyro.distributions as dist
 import pytest
 import torch
+from conftest import ROOT
 from pyro.infer import MCMC, NUTS, SVI, Predictive, Trace_ELBO
 from pyro.infer.autoguide import AutoDiagonalNormal, AutoNormal
 from torch import nn
 
 import inference
 import pyro_models
-from conftest import ROOT
 from guides import MeanFieldNormal, build_guide, guide_family
 from inference.local_opt import LocalOptSettings, optimise_local
-from pyro_models import (CompILE, CompILEConfig, LatentFactorModel, LatentVariableModel, LFMConfig, LinearGaussian,
-                         LinearGaussianConfig, MFCVAE, MFCVAEConfig, VAE, VAEConfig)
+from pyro_models import (
+    MFCVAE,
+    VAE,
+    CompILE,
+    CompILEConfig,
+    LatentFactorModel,
+    LatentVariableModel,
+    LFMConfig,
+    LinearGaussian,
+    LinearGaussianConfig,
+    MFCVAEConfig,
+    VAEConfig,
+)
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 SMALL_MFCVAE = dict(data_dim=64, image_shape=(8, 8), encoder_backbone=(32, 32), decoder_rungs=(32, 32),

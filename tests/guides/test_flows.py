@@ -5,13 +5,18 @@ import math
 import pyro
 import pytest
 import torch
-
 from conftest import known_answer
 
-from guides import (AuxiliaryFlowNormal, LatentSite, PlanarFlowNormal, RealNVPNormal, auxiliary_reverse_for,
-                    build_guide, with_auxiliary)
+from guides import (
+    AuxiliaryFlowNormal,
+    LatentSite,
+    PlanarFlowNormal,
+    RealNVPNormal,
+    auxiliary_reverse_for,
+    build_guide,
+    with_auxiliary,
+)
 from inference import evaluate_importance, log_weights
-
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

@@ -11,7 +11,6 @@ import math
 import pyro
 import pytest
 import torch
-
 from conftest import known_answer
 
 from guides import MeanFieldNormal, build_guide

@@ -4,7 +4,7 @@ import math
 import pyro
 import torch
 
-from guides import build_guide, MeanFieldNormal
+from guides import MeanFieldNormal, build_guide
 from inference import ElboObjective
 from pyro_models import LinearGaussian, LinearGaussianConfig
 

@@ -6,7 +6,6 @@ import pyro.distributions as dist
 import pytest
 import torch
 import torch.nn.functional as F
-
 from conftest import known_answer, linear_ffg_guide
 
 from guides import MeanFieldNormal, build_guide, guide_family

@@ -4,12 +4,11 @@ import math
 import pyro
 import pytest
 import torch
+from conftest import known_answer
+from helpers import exact_posterior_guide
 
 import inference.importance as importance
-from conftest import known_answer
-
-from guides import build_guide, MeanFieldNormal
-from helpers import exact_posterior_guide
+from guides import MeanFieldNormal, build_guide
 from inference import evaluate_importance, log_weights, reduce_log_weights
 from pyro_models import LinearGaussian
 

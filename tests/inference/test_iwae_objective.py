@@ -5,11 +5,10 @@ import signal
 import pyro
 import pytest
 import torch
+from conftest import known_answer, linear_ffg_guide
 from helpers import module_states_equal
 from pyro import poutine
 from pyro.infer import Trace_ELBO
-
-from conftest import known_answer, linear_ffg_guide
 
 from guides import MeanFieldNormal, auxiliary_reverse_for, build_guide, guide_family, with_auxiliary
 from inference import (
@@ -21,8 +20,8 @@ from inference import (
     evaluate_importance,
     train,
 )
-from inference.training.checkpoint import load_checkpoint
 from inference.iwae_objective import fixed_parameter_log_prob
+from inference.training.checkpoint import load_checkpoint
 from inference.training.metrics_log import read_metrics
 from lvm_app.registry import EXPERIMENTS
 from pyro_models.linear_gaussian.data import load_simulated

@@ -9,7 +9,6 @@ from inference import evaluate_importance
 from inference.local_opt import LocalOptSettings, optimise_local
 from pyro_models import LinearGaussian, LinearGaussianConfig
 
-
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 

@@ -125,9 +125,8 @@ def test_a_nan_in_the_data_is_named_as_the_data_not_as_a_guide_parameter():
 def test_autonormal_works_in_every_estimator_and_in_the_gap_report():
     """AutoNormal samples z_unconstrained (its own auxiliary site) and z as a Delta: the estimators
     took the auxiliary site for a mismatch (a regression); its bounds sit below the exact log p(x)."""
-    from pyro.infer.autoguide import AutoNormal
-
     from conftest import known_answer
+    from pyro.infer.autoguide import AutoNormal
 
     model, x = known_answer(20, noise_scale=0.5, seed=0)
     guide = AutoNormal(model.model)
@@ -145,7 +144,6 @@ def test_autonormal_works_in_every_estimator_and_in_the_gap_report():
 @pytest.mark.parametrize("name", ["AutoDiagonalNormal", "AutoMultivariateNormal", "AutoIAFNormal"])
 def test_a_joint_autoguide_is_refused_saying_why(name):
     import pyro.infer.autoguide as autoguide
-
     from conftest import known_answer
 
     model, x = known_answer(8)
@@ -157,9 +155,8 @@ def test_a_joint_autoguide_is_refused_saying_why(name):
 
 def test_a_point_mass_guide_is_no_proposal():
     """AutoDelta scored as a proposal gave an "IWAE" up to 1 nat above the exact log p(x)."""
-    from pyro.infer.autoguide import AutoDelta
-
     from conftest import known_answer
+    from pyro.infer.autoguide import AutoDelta
 
     model, x = known_answer(8)
     guide = AutoDelta(model.model)

@@ -6,9 +6,8 @@ import pyro
 import pytest
 import torch
 import torch.nn.functional as F
-from pyro.infer import Trace_ELBO
-
 from conftest import known_answer, linear_ffg_guide
+from pyro.infer import Trace_ELBO
 
 from guides import (
     MeanFieldBernoulli,

@@ -9,8 +9,8 @@ import pytest
 import torch
 from helpers import module_states_equal, run_cli
 from pyro import poutine
-from pyro.poutine.util import site_is_subsample
 from pyro.infer import Trace_ELBO
+from pyro.poutine.util import site_is_subsample
 from torch import nn
 
 from guides import auxiliary_reverse_for, build_guide, guide_family, with_auxiliary

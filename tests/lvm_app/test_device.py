@@ -8,9 +8,9 @@ import torch
 from speech_fixtures import write_tiny_fsdd
 
 from lvm_app import cli, gap, gap_atlas
+from lvm_app import probe as probe_cli
 from lvm_app.atlas_entries import ENTRIES
 from lvm_app.device import UsageError, resolve_device
-from lvm_app import probe as probe_cli
 
 NO_CUDA = pytest.mark.skipif(torch.cuda.is_available(), reason="checks the refusal on a machine without CUDA")
 CPC = ["--model", "cpc", "--steps", "2", "--log-every", "1", "--width", "8", "--context-dim", "8",

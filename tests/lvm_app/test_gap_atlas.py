@@ -6,7 +6,6 @@ import subprocess
 import sys
 
 import pytest
-
 from conftest import ROOT
 
 ONLY = "vae-ffg,compile-gaussian,compile-concrete,lfm-bernoulli"

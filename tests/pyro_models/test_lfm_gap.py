@@ -8,8 +8,8 @@ import pytest
 import torch
 
 from guides import ConcreteBernoulli, MeanFieldBernoulli, build_guide
-from inference.enumeration import all_codes, mean_field_elbo, optimise_mean_field
 from inference import GapSettings
+from inference.enumeration import all_codes, mean_field_elbo, optimise_mean_field
 from inference.log_weights import log_weights
 from pyro_models.experiment_kit.protocol import Built
 from pyro_models.lfm.data import SigmorphonData, Vocabulary, encode_words
