@@ -36,6 +36,7 @@ from torch import nn
 
 from pyro_models.core import softplus_inverse
 
+from .auxiliary import AuxiliaryDraw
 from .family import Family
 
 LOG_2PI = math.log(2 * math.pi)
@@ -268,7 +269,8 @@ class AuxiliaryFlowNormal(ContextFlowFamily):
     (t_2, s_2) = g_k(v, c). The joint density is
     log q(z_T, v_T | x) = log q(z_0) + log q(v_0 | z_0) - sum_k (sum s_1 + sum s_2).
     ``sample`` emits z_T at the site (with that joint density) and v_T at ``aux_<site>``
-    (a Delta, density 0); ``guides.auxiliary.with_auxiliary`` adds r(v_T | z_T, x) to the model.
+    (``AuxiliaryDraw``: density 0, scored only after r); ``guides.auxiliary.with_auxiliary`` adds
+    r(v_T | z_T, x) to the model.
     Parameters per point: [loc (d), raw scale (d), c (context_dim)]; networks are shared.
     """
 
@@ -327,5 +329,5 @@ class AuxiliaryFlowNormal(ContextFlowFamily):
     def sample(self, params):
         q = self.distribution(params)
         z = pyro.sample(self.site.name, q)
-        pyro.sample(self.aux_name, dist.Delta(q.extra, event_dim=1))
+        pyro.sample(self.aux_name, AuxiliaryDraw(q.extra, event_dim=1))
         return z

@@ -59,11 +59,18 @@ from torch.distributions import Independent, Normal
 from guides import AuxiliaryFlowNormal, FlowDistribution, MeanFieldNormal
 
 from .log_weights import DATA_PLATE, check_sites_match, sum_sites
-from .objectives import Objective, batch_size_of
+from .objectives import Objective
 from .refine import RefinedGuide
 
 GRADIENTS = ("standard", "dreg")
 DREG_FAMILIES = "ffg (MeanFieldNormal), realnvp (RealNVPNormal), auxflow (AuxiliaryFlowNormal)"
+
+
+def check_iwae_arguments(num_particles, gradient: str) -> None:
+    if isinstance(num_particles, bool) or not isinstance(num_particles, int) or num_particles < 1:
+        raise ValueError(f"num_particles must be an integer of at least 1, got {num_particles!r}")
+    if gradient not in GRADIENTS:
+        raise ValueError(f"unknown IWAE gradient {gradient!r}; choose from: {', '.join(GRADIENTS)}")
 
 
 class IwaeObjective(Objective):
@@ -82,10 +89,7 @@ class IwaeObjective(Objective):
 
     def __init__(self, model: Callable, guide: Callable, num_particles: int, gradient: str = "standard",
                  max_plate_nesting: int = 1, data_plate: str = DATA_PLATE):
-        if isinstance(num_particles, bool) or not isinstance(num_particles, int) or num_particles < 1:
-            raise ValueError(f"num_particles must be an integer of at least 1, got {num_particles!r}")
-        if gradient not in GRADIENTS:
-            raise ValueError(f"unknown IWAE gradient {gradient!r}; choose from: {', '.join(GRADIENTS)}")
+        check_iwae_arguments(num_particles, gradient)
         if gradient == "dreg":
             check_dreg_guide(guide)
         self.model = model
@@ -97,33 +101,41 @@ class IwaeObjective(Objective):
         self.validated = False
 
     def __call__(self, batch: dict, **schedule) -> float:
+        return self.step((), {**batch, **schedule}).item()
+
+    def step(self, args: tuple, kwargs: dict, per_point: bool = True, backward: bool = True) -> torch.Tensor:
+        """The loss of one call of model and guide (``args``, ``kwargs``: what both are called with),
+        back-propagated unless ``backward`` is false. ``per_point``: divided by the batch size (the
+        runner's loss); otherwise summed as Pyro's ELBOs sum, times N/B when the data plate
+        subsamples B of N points (``IwaeLoss``)."""
         first = not self.validated
         with pyro.validation_enabled(first):
-            model_trace, guide_trace = self.traces(batch, schedule)
+            model_trace, guide_trace = self.traces(kwargs, {}, args)
         if first:
             check_sites_match(model_trace, guide_trace)
             if self.gradient == "dreg":
                 _check_no_shared_parameters(self.guide, model_trace)
-        n = batch_size_of(batch)
         log_p = self._weighted_sum(model_trace, latent_only=False)
         log_q = self._weighted_sum(guide_trace, latent_only=True)
         factors = self._guide_factors(guide_trace)
         log_w = log_p - log_q
         iwae = torch.logsumexp(log_w, 0) - math.log(self.num_particles)
-        loss = (factors - iwae).sum() / n
-        if self.gradient == "dreg":
-            self._dreg_backward(loss, log_w, log_p, factors, guide_trace, n)
-        else:
+        factor = 1.0 / log_w.shape[-1] if per_point else _subsampling_factor(guide_trace, self.data_plate)
+        loss = (factors - iwae).sum() * factor
+        if backward and self.gradient == "dreg":
+            self._dreg_backward(loss, log_w, log_p, factors, guide_trace, factor)
+        elif backward:
             loss.backward()
         self.validated = True
-        return loss.item()
+        return loss.detach()
 
-    def traces(self, batch: dict, schedule: dict):
+    def traces(self, batch: dict, schedule: dict, args: tuple = ()):
         """(model trace, guide trace) of K particles, the guide traced inside a ``particles`` plate
         and the model replayed against it (``inference.log_weights``'s layout)."""
         with pyro.plate("particles", self.num_particles, dim=-(self.max_plate_nesting + 1)):
-            guide_trace = poutine.trace(self.guide).get_trace(**batch, **schedule)
-            model_trace = poutine.trace(poutine.replay(self.model, trace=guide_trace)).get_trace(**batch, **schedule)
+            guide_trace = poutine.trace(self.guide).get_trace(*args, **batch, **schedule)
+            model_trace = poutine.trace(poutine.replay(self.model, trace=guide_trace)).get_trace(
+                *args, **batch, **schedule)
         return model_trace, guide_trace
 
     def log_weights(self, batch: dict, **schedule) -> torch.Tensor:
@@ -153,7 +165,7 @@ class IwaeObjective(Objective):
             return torch.zeros(())
         return self._sum(guide_trace, names, latent_only=False).mean(0)
 
-    def _dreg_backward(self, loss, log_w, log_p, factors, guide_trace, n: int) -> None:
+    def _dreg_backward(self, loss, log_w, log_p, factors, guide_trace, factor: float) -> None:
         params = [p for p in self.guide.parameters() if p.requires_grad]
         with torch.no_grad():
             normalised = torch.softmax(log_w, 0)
@@ -171,7 +183,7 @@ class IwaeObjective(Objective):
                 for value in _sampled_values(site, guide_trace):
                     if value.requires_grad:
                         hooks.append(value.register_hook(_scaling(coefficient, value, site, self)))
-            surrogate = (factors - (log_p - log_q_fixed)).sum() / n
+            surrogate = (factors - (log_p - log_q_fixed)).sum() * factor
             grads = torch.autograd.grad(surrogate, params, retain_graph=True, allow_unused=True)
         finally:
             for hook in hooks:
@@ -184,6 +196,56 @@ class IwaeObjective(Objective):
             else:
                 p.grad = grad if before is None else before + grad
 
+
+
+class IwaeLoss(pyro.infer.ELBO):
+    """IWAE-K as a Pyro loss, for ``SVI(model, guide, optim, loss=IwaeLoss(num_particles=K))``.
+
+    Each data point gets its own log-mean-exp of K weights (Pyro's ``RenyiELBO(alpha=0)`` mixes the
+    points of a batch in one), the loss is summed over the batch as Trace_ELBO's is (times N/B
+    under subsampling) and K = 1 is Trace_ELBO draw for draw. ``gradient="dreg"`` gives the guide's
+    parameters the doubly reparameterised gradient (see the module docstring). Model and guide are
+    called as SVI calls them, positional data included; each pair gets its ``IwaeObjective``, whose
+    first call checks that their sites match.
+    """
+
+    def __init__(self, num_particles: int = 1, gradient: str = "standard", max_plate_nesting: int = 1,
+                 data_plate: str = DATA_PLATE):
+        check_iwae_arguments(num_particles, gradient)
+        super().__init__(num_particles=num_particles, max_plate_nesting=max_plate_nesting)
+        self.gradient = gradient
+        self.data_plate = data_plate
+        self._objectives: list[IwaeObjective] = []
+
+    def objective(self, model: Callable, guide: Callable) -> IwaeObjective:
+        """The objective of this model and guide (made on their first step, then kept)."""
+        for objective in self._objectives:
+            if objective.model is model and objective.guide is guide:
+                return objective
+        objective = IwaeObjective(model, guide, self.num_particles, self.gradient, self.max_plate_nesting,
+                                  self.data_plate)
+        self._objectives.append(objective)
+        return objective
+
+    def loss(self, model, guide, *args, **kwargs) -> float:
+        with torch.no_grad():
+            return self.objective(model, guide).step(args, kwargs, per_point=False, backward=False).item()
+
+    def loss_and_grads(self, model, guide, *args, **kwargs) -> float:
+        return self.objective(model, guide).step(args, kwargs, per_point=False).item()
+
+    def _get_trace(self, model, guide, args, kwargs):
+        raise NotImplementedError("IwaeLoss traces its K particles in one vectorised pass (IwaeObjective.traces), "
+                                  "not one trace per particle")
+
+
+def _subsampling_factor(guide_trace, data_plate: str) -> float:
+    """N/B where the data plate subsamples B of N points (1 otherwise)."""
+    for _, site in _sample_sites(guide_trace, True):
+        for frame in site["cond_indep_stack"]:
+            if frame.name == data_plate and frame.full_size:
+                return frame.full_size / frame.size
+    return 1.0
 
 # --- latent weights ----------------------------------------------------------------------------
 def _sample_sites(trace, latent_only: bool):

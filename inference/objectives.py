@@ -3,13 +3,14 @@
 A Pyro ELBO (Trace_ELBO, TraceGraph_ELBO with baselines, TraceEnum_ELBO, ...) and a plain
 differentiable loss (e.g. InfoNCE) are interchangeable to the runner.
 """
+import contextlib
 from collections.abc import Callable
 
 import pyro
 import torch
 from pyro import poutine
 
-from .log_weights import check_sites_match
+from .log_weights import SiteMismatch, check_sites_match
 
 
 def batch_size_of(batch: dict) -> int:
@@ -77,7 +78,7 @@ class ElboObjective(Objective):
             with pyro.validation_enabled(False):
                 return self.elbo.differentiable_loss(self.model, self.guide, **batch, **schedule) * per_point
         model, guide = poutine.trace(self.model), poutine.trace(self.guide)
-        with pyro.validation_enabled(True):
+        with pyro.validation_enabled(True), _sites_checked_first(lambda: check_sites_match(model.trace, guide.trace)):
             loss = self.elbo.differentiable_loss(model, guide, **batch, **schedule) * per_point
         check_sites_match(model.trace, guide.trace)
         self.validated = True
@@ -87,7 +88,7 @@ class ElboObjective(Objective):
         """``check()`` runs once the traces exist: before the backward pass where the ELBO
         leaves that to us, after it where the ELBO runs it itself."""
         per_point = 1.0 / batch_size_of(batch)
-        with pyro.validation_enabled(not self.validated):
+        with pyro.validation_enabled(not self.validated), _sites_checked_first(check):
             if hasattr(self.elbo, "differentiable_loss"):
                 loss = self.elbo.differentiable_loss(model, guide, **batch, **schedule) * per_point
                 if check is not None:
@@ -99,6 +100,23 @@ class ElboObjective(Objective):
             if check is not None:
                 check()
             return loss
+
+
+@contextlib.contextmanager
+def _sites_checked_first(check):
+    """A score that fails inside the ELBO (e.g. an auxiliary guide's v scored against a model
+    without its reverse site) is most often a model/guide mismatch: say that, if it is one."""
+    try:
+        yield
+    except ValueError as error:
+        if check is not None:
+            try:
+                check()
+            except SiteMismatch as mismatch:
+                raise mismatch from error
+            except Exception:  # the traces are incomplete: the original error is the one to show
+                pass
+        raise
 
 
 class LossObjective(Objective):

@@ -51,7 +51,7 @@ from pyro import poutine
 from torch import nn
 
 from guides import Guide, LocalParams, batch_size_of_call
-from pyro_models.core import data_plate
+from pyro_models.core import data_plate, unique_name
 
 from .log_weights import check_sites_match, sum_sites
 
@@ -177,10 +177,11 @@ class RefinedGuide(nn.Module):
 
     def local_guide(self, params: torch.Tensor) -> Guide:
         """A guide with the same families and one free row per point, set to ``params`` (N, P):
-        q(z; params_n) for point n, called (with the model) as ``guide(x=..., idx=arange(N))``."""
+        q(z; params_n) for point n, called (with the model) as ``guide(x=..., idx=arange(N))``.
+        Each gets a name never used before: under a used one it would take the store's old rows."""
         prior_row = torch.cat([family.prior_params() for family in self.guide.families])
         local = Guide(list(self.guide.families), LocalParams(params.shape[0], prior_row.to(params)),
-                      site_infer=self.guide.site_infer, name=f"{self.guide.name}_refined",
+                      site_infer=self.guide.site_infer, name=unique_name(f"{self.guide.name}_refined"),
                       plate_name=self.guide.plate_name)
         local.source.set_rows(torch.arange(params.shape[0]), params.detach())
         return local

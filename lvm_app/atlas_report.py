@@ -9,7 +9,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 
 from inference.training.run_files import save_figure, write_json, write_text
-from lvm_app.gap_markdown import format_or_dash, with_se
+from lvm_app.gap_markdown import GAP_TOPS, format_or_dash, with_se
 
 COLUMNS = ("log_px", "elbo_local", "elbo_amortised", "approximation_gap", "amortisation_gap")
 # A semi-amortised guide's report also has the encoder's own q, before refinement (lvm_app/gap.py).
@@ -33,6 +33,7 @@ def collect(out: Path, entries) -> list[dict]:
             for key in (*COLUMNS, "iwae", "inference_gap", *REFINED_COLUMNS):
                 for suffix in ("", "_mc_se", "_point_se"):
                     row[key + suffix] = report.get(key + suffix)
+            row["gaps_from"] = report.get("gaps_from", "log_px")
             row["converged"] = report.get("converged")
             row["checks_not_passed"] = sorted(name for name, check in report.get("checks", {}).items()
                                               if check["status"] in ("fail", "inconclusive", "not run"))
@@ -52,7 +53,10 @@ def _method(text: str) -> str:
 def checks_cell(row: dict) -> str:
     """The report's own verdict (inference/gap/checks.py) and what did not pass."""
     verdict = {True: "ok", False: "NOT CONVERGED", None: "unchecked"}[row.get("converged")]
-    return verdict + (f": {', '.join(row['checks_not_passed'])}" if row.get("checks_not_passed") else "")
+    verdict += f": {', '.join(row['checks_not_passed'])}" if row.get("checks_not_passed") else ""
+    if row.get("gaps_from", "log_px") != "log_px":  # log p(x) sat below a lower bound: the gaps start there
+        verdict += f" (gaps from {GAP_TOPS[row['gaps_from']]})"
+    return verdict
 
 
 def table(rows: list[dict]) -> str:

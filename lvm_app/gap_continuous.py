@@ -47,7 +47,7 @@ def continuous_run_estimates(args, run, points: dict, settings: GapSettings) -> 
     estimates = continuous_estimates(
         model.model, guide, points, settings, guide_model=experiment.model_program(built), local_guide=local_guide,
         frozen_modules=list(built.modules.values()), max_plate_nesting=model.max_plate_nesting,
-        progress=args.progress)
+        progress=args.progress, notify=lambda line: print(f"{program_name('run/gap.py')}: {line}", file=sys.stderr))
     estimates.details["local_guide"] = family
     add_decoder_throughput(estimates.details["ais"], model)
     return estimates

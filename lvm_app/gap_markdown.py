@@ -1,6 +1,8 @@
 """gap.md, and the figures of a gap report as the tables show them (run/gap.py, the atlas)."""
 from inference.gap.checks import FAIL, NOT_APPLICABLE
 
+GAP_TOPS = {"iwae": "IWAE-K", "elbo_local": "L[q*]"}  # the bounds a report's gaps may start from (gaps_from)
+
 
 def format_or_dash(value, digits: int = 2) -> str:
     """``value`` with ``digits`` decimals, or "-" when it was not computed."""
@@ -56,7 +58,7 @@ def markdown(report: dict) -> str:
             lines.append(f"- {label}: {r[f'{key}_method']}." + (
                 f" Exact: {r['log_px_exact']:.2f}." if key == "log_px" and "log_px_exact" in r else ""))
     if r.get("gaps_from") not in (None, "log_px"):
-        bound = {"iwae": "IWAE-K", "elbo_local": "L[q*]"}[r["gaps_from"]]
+        bound = GAP_TOPS[r["gaps_from"]]
         lines.append(f"- log p(x)'s estimate sat below {bound}, a lower bound on log p(x): the gaps are computed from "
                      f"{bound} instead, so the approximation gap is a lower bound on the true one.")
     if "bdmc_simulated" in r:

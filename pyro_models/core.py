@@ -15,6 +15,8 @@ from typing import Protocol, runtime_checkable
 import pyro
 import torch
 from pyro import poutine
+from pyro.poutine.enum_messenger import EnumMessenger
+from pyro.poutine.runtime import _PYRO_STACK
 from torch import nn
 
 DATA_PLATE = "data"  # the default name of every model's per-datapoint plate (dim -1)
@@ -162,6 +164,13 @@ class NamedModule(nn.Module):
         super().__setstate__(state)
         self._claim_name(None, re.sub(r"_\d+$", "", self.name))  # a copy: its own name, its own parameters
 
+
+def refuse_enumeration(why: str) -> None:
+    """Raise when the model runs under Pyro's enumeration (``TraceEnum_ELBO``, ``infer_discrete``)
+    that it cannot serve, saying ``why``: the alternative is a Monte Carlo ELBO that looks
+    enumerated, or a shape error deep inside the model."""
+    if any(isinstance(handler, EnumMessenger) for handler in _PYRO_STACK):  # Pyro exposes no public test
+        raise NotImplementedError(f"{why}; train it with Trace_ELBO or TraceGraph_ELBO instead of TraceEnum_ELBO")
 
 def device_of(module: nn.Module) -> torch.device:
     """Where a module's parameters (else buffers) are, so where its inputs must go (the CPU when it has none)."""

@@ -111,7 +111,7 @@ def test_a_name_a_live_module_holds_is_refused_and_free_again_once_it_is_gone():
     assert VAE(VAEConfig(data_dim=64), name="held").name == "held"
 
 
-def test_a_saved_param_store_restores_a_model_re_created_under_its_name(tmp_path):
+def test_a_saved_param_store_or_state_dict_restores_a_model_that_then_trains(tmp_path):
     x = binary_images()
     vae = VAE(VAEConfig(data_dim=64), name="saved_vae")
     fit(vae, x)
@@ -126,6 +126,16 @@ def test_a_saved_param_store_restores_a_model_re_created_under_its_name(tmp_path
     restored.register_with_pyro()  # ... the store's values become the module's (as on its first model call)
     for key, value in restored.state_dict().items():
         assert torch.equal(value, trained[key]), key
+    fit(restored, x, steps=3)  # and SVI moves them
+    assert not torch.equal(restored.decoder[0].weight, trained["decoder.0.weight"])
+
+    torch.save(trained, tmp_path / "vae.pt")  # the torch way: a state_dict into a new instance
+    reloaded = VAE(VAEConfig(data_dim=64))
+    reloaded.load_state_dict(torch.load(tmp_path / "vae.pt"))
+    before = reloaded.decoder[0].weight.detach().clone()
+    assert torch.equal(before, trained["decoder.0.weight"])
+    fit(reloaded, x, steps=3)
+    assert (reloaded.decoder[0].weight.detach() - before).abs().max() > 1e-4
 
 
 # 2. generation -------------------------------------------------------------------------------
@@ -279,3 +289,33 @@ def test_the_guide_families_say_which_sites_they_serve():
     lfm = small_models()["lfm"]
     with pytest.raises(ValueError, match="binary"):
         build_guide(guide_family("ffg"), lfm.latent_sites, num_points=3)
+
+
+# 8. enumeration --------------------------------------------------------------------------------
+
+def test_enumeration_the_models_cannot_serve_is_refused_saying_why():
+    """config_enumerate on the LFM silently gave a Monte Carlo ELBO (its bits are one event site),
+    and CompILE failed with a stack size mismatch inside the model: both now say why, and what to use."""
+    from pyro.infer import TraceEnum_ELBO, config_enumerate
+
+    from pyro_models.compile.data import SequenceSpec, generate, seeded_generator
+
+    lfm = small_models()["lfm"]
+    guide = build_guide(guide_family("bernoulli"), lfm.latent_sites, num_points=4)
+    tokens = torch.tensor([[4, 5, 3], [6, 3, 0], [7, 8, 3], [5, 3, 0]])
+    lengths = torch.tensor([3, 2, 3, 2])
+    with pytest.raises(NotImplementedError, match="Pyro cannot enumerate.*Trace_ELBO"):
+        TraceEnum_ELBO(max_plate_nesting=1).loss(config_enumerate(lfm.model), guide, tokens, lengths)
+    assert Trace_ELBO().loss(lfm.model, guide, tokens, lengths) > 0  # the ELBO it does serve
+
+    compile_model = CompILE(CompILEConfig(hidden_dim=16, latent_dim=8))
+    batch = generate(SequenceSpec(), 4, seeded_generator(2, 0)).model_inputs()
+
+    def codes_only_guide(tokens, lengths, relaxed=False):  # leaves the boundaries to enumeration
+        with pyro.plate("data", len(lengths)):
+            for i in range(1, compile_model.config.num_segments + 1):
+                pyro.sample(f"z_{i}", dist.Normal(torch.zeros(8), 1.0).to_event(1))
+
+    with pytest.raises(NotImplementedError, match="enumeration cannot broadcast"):
+        TraceEnum_ELBO(max_plate_nesting=1).loss(config_enumerate(compile_model.model), codes_only_guide,
+                                                 batch["tokens"], batch["lengths"], relaxed=False)

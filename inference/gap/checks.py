@@ -12,6 +12,8 @@ PASS, FAIL, INCONCLUSIVE (run, but too noisy to confirm convergence), NOT_RUN (i
 was not asked for), NOT_APPLICABLE. A report is converged when no check failed or was
 inconclusive, and unknown (None) when a check that applies was not run.
 """
+import math
+
 from inference.importance import mc_se
 
 from .estimates import Estimate, GapEstimates
@@ -90,6 +92,31 @@ AIS_CONVERGENCE = {
                      "BDMC on {points} points simulated from the model leaves a bracket of", "--bdmc-points"),
 }
 
+
+def noise_forecast(log_px: Estimate, points: int, chains: int, tolerance: float) -> dict:
+    """The standard error an AIS convergence check on ``points`` points will have (two AIS runs
+    differenced: the doubled run's, or BDMC's forward and reverse), forecast from the per-point
+    Monte Carlo variance of the main run ``log_px`` on those points (the other run taken as
+    equally noisy). A pass needs |change| + 2 s.e. within the tolerance, so where 2 s.e. alone
+    exceeds it the check cannot pass however long AIS runs; then the points, or the chains
+    (variance ~ 1/chains), that would bring the s.e. to a quarter of the tolerance."""
+    variance = 2 * log_px.mc_var[:points].double().mean().item()  # of one point's difference
+    se = math.sqrt(variance / points)
+    target = tolerance / 4
+    return {"points": points, "mc_se": se, "can_pass": 2 * se <= tolerance,
+            "points_needed": math.ceil(variance / target ** 2),
+            "chains_needed": math.ceil(chains * (se / target) ** 2)}
+
+
+def forecast_line(name: str, forecast: dict, tolerance: float) -> str | None:
+    """A stderr line when a forecast check cannot pass (None when it can)."""
+    if forecast["can_pass"]:
+        return None
+    _, _, label, _, flag = AIS_CONVERGENCE[name]
+    return (f"{label} cannot pass at this budget: on {forecast['points']} points its standard error will be about "
+            f"{forecast['mc_se']:.3f} nats (forecast from the main AIS run's spread over its chains), and a pass "
+            f"needs 2 s.e. within the {tolerance:g}-nat tolerance however long AIS runs; use {flag} "
+            f"{forecast['points_needed']} or --ais-chains {forecast['chains_needed']}")
 
 def ais_checks(details: dict, tolerance: float) -> dict:
     """The doubled-AIS check and the BDMC bracket, and whether they agree."""

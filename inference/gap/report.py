@@ -24,6 +24,7 @@ q* is fitted from the encoder's output, as for the plain guide.
 import math
 import time
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import torch
@@ -37,7 +38,7 @@ from inference.local_opt import LocalOptSettings, optimise_local
 from inference.log_weights import DATA_PLATE
 from inference.refine import RefinedGuide
 
-from .checks import check_lines, consistency_checks, converged
+from .checks import check_lines, consistency_checks, converged, forecast_line, noise_forecast
 from .estimates import Estimate, GapEstimates, summarise
 
 
@@ -88,7 +89,7 @@ def _modules_of(*programs) -> list[nn.Module]:
 
 def continuous_estimates(model, guide, data: dict, settings: GapSettings = GapSettings(), *, guide_model=None,
                          local_guide=None, frozen_modules=(), max_plate_nesting: int = 1, progress: bool = False,
-                         data_plate: str | None = None) -> GapEstimates:
+                         data_plate: str | None = None, notify: Callable[[str], None] | None = None) -> GapEstimates:
     """log p(x) by AIS, L[q] and IWAE-K, and L[q*], per point (see the module docstring).
 
     ``guide_model``: the program the guide is scored against (default ``model``; an auxiliary
@@ -97,7 +98,8 @@ def continuous_estimates(model, guide, data: dict, settings: GapSettings = GapSe
     ``settings.local.init`` is "amortised"). ``frozen_modules``: held fixed while q* is fitted
     (by default the modules behind ``model`` and ``guide_model`` when they are bound methods).
     ``data_plate``: the name of the per-datapoint plate (default: the model's ``plate_name``, else
-    "data").
+    "data"). ``notify``: receives, as soon as the main AIS run has shown its noise, a line for each
+    AIS check that cannot pass at the budget asked for (default: a ``GapCheckWarning``).
     """
     guide_model = model if guide_model is None else guide_model
     plate = data_plate or plate_name_of(model)
@@ -112,6 +114,7 @@ def continuous_estimates(model, guide, data: dict, settings: GapSettings = GapSe
         f"step sizes set by {a.pilot_chains} pilot chains per point (a stochastic lower bound; MC error by the "
         "delta method over chains)"))
     details["ais"] = ais_diagnostics(result)
+    details["check_noise_forecast"] = forecast_check_noise(log_px, settings, notify)
     if settings.convergence_points > 0:
         details["ais_convergence"] = ais_doubling(model, data, a, result, settings.convergence_points,
                                                   max_plate_nesting, progress, plate)
@@ -219,6 +222,22 @@ def _refined_estimates(guide_model, guide: RefinedGuide, data: dict, settings: G
         iwae_unrefined=Estimate(bi.iwae.double(), bi.iwae_mc_var, f"IWAE-{settings.iwae_k} of the encoder's own q"))
 
 
+def forecast_check_noise(log_px: Estimate, settings: GapSettings, notify: Callable[[str], None] | None) -> dict:
+    """The AIS checks' standard errors forecast from the main run (``checks.noise_forecast``),
+    told to ``notify`` before their own AIS runs start when they cannot pass."""
+    sizes = {"ais_doubling": settings.convergence_points, "bdmc_bracket": settings.bdmc_points}
+    forecasts = {}
+    for name, points in sizes.items():
+        if points > 0:
+            points = min(points, log_px.value.numel())
+            forecasts[name] = noise_forecast(log_px, points, settings.ais.num_chains, settings.tolerance)
+            line = forecast_line(name, forecasts[name], settings.tolerance)
+            if line is not None and notify is not None:
+                notify(line)
+            elif line is not None:
+                warnings.warn(line, GapCheckWarning, stacklevel=3)
+    return forecasts
+
 def ais_diagnostics(result) -> dict:
     return {"accept_rate": result.accept_rate, "mean_step_size": result.step_size, "wall_s": round(result.wall_s, 1),
             "row_evals": result.row_evals, "pilot_row_evals": result.pilot_row_evals,
@@ -265,7 +284,8 @@ def gap_report(model, guide, data: dict, settings: GapSettings = GapSettings(), 
     ``warn``, each check that failed or could not be run is raised as a ``GapCheckWarning``."""
     estimates = continuous_estimates(model, guide, data, settings, guide_model=guide_model, local_guide=local_guide,
                                      frozen_modules=frozen_modules, max_plate_nesting=max_plate_nesting,
-                                     progress=progress, data_plate=data_plate)
+                                     progress=progress, data_plate=data_plate,
+                                     notify=None if warn else (lambda line: None))
     report = assemble(estimates, settings.tolerance, log_px_exact)
     if warn:
         for line in check_lines(report["checks"]):

@@ -87,6 +87,7 @@ from pyro_models.core import (
     NamedModule,
     data_plate,
     latent_scale,
+    refuse_enumeration,
     setting,
 )
 
@@ -316,6 +317,9 @@ class CompILE(NamedModule):
         Gumbel-softmax sites (training) or the discrete model (evaluation). ``idx``/``num_data``:
         subsampling (``pyro_models.core.data_plate``); ``latent_scales``: {site: KL weight}."""
         self.register_with_pyro()
+        refuse_enumeration("CompILE's boundary b_i depends on the boundaries before it and each code on the segment "
+                           "they cut, which Pyro's enumeration cannot broadcast; its exact estimator sums the "
+                           "boundaries itself (pyro_models.compile.gap.compile_gap_estimates)")
         check_lengths(lengths)
         cfg = self.config
         width = tokens.shape[-1] if tokens is not None else cfg.max_length

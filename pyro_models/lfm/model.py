@@ -32,6 +32,7 @@ from pyro_models.core import (
     data_plate,
     derived,
     latent_scale,
+    refuse_enumeration,
     setting,
 )
 
@@ -173,6 +174,9 @@ class LatentFactorModel(NamedModule):
         the probability of replacing a decoder input symbol by UNK (training only). Returns the
         next-symbol logits (observed) or the generated words."""
         self.register_with_pyro()
+        refuse_enumeration("the LFM's K bits are one site (Bernoulli(...).to_event(1)), which Pyro cannot enumerate "
+                           "(config_enumerate skips it, and TraceEnum_ELBO would be a Monte Carlo ELBO); its exact "
+                           "log p(x) sums the 2^K codes itself (pyro_models.lfm.gap.lfm_gap_estimates)")
         if tokens is None:
             batch = batch_size_of(None, idx, batch_size)
             with data_plate(self.plate_name, batch, idx, num_data):

@@ -11,7 +11,17 @@ from conftest import known_answer, linear_ffg_guide
 from guides import MeanFieldNormal, build_guide, guide_family
 from inference.ais import AISSettings
 from inference.bdmc import simulate
-from inference.gap.checks import FAIL, INCONCLUSIVE, NOT_RUN, PASS, ais_checks, consistency_checks, converged
+from inference.gap.checks import (
+    FAIL,
+    INCONCLUSIVE,
+    NOT_RUN,
+    PASS,
+    ais_checks,
+    consistency_checks,
+    converged,
+    forecast_line,
+    noise_forecast,
+)
 from inference.gap.estimates import Estimate, GapEstimates, summarise
 from inference.gap.report import GapCheckWarning, GapSettings, gap_report
 from inference.local_opt import LocalOptSettings
@@ -129,9 +139,29 @@ def test_a_too_short_ais_and_a_capped_q_star_fail_their_checks(linear_gaussian, 
     assert report["converged"] is False
     assert report["approximation_gap"] is not None and math.isfinite(report["log_px"])  # numbers kept
     failing = [name for name, status in got.items() if status == FAIL]
-    assert len(warned) == len(failing) and all("\n" not in str(w.message) for w in warned)
+    forecasts = [str(w.message) for w in warned if "cannot pass at this budget" in str(w.message)]
+    assert len(forecasts) == 2 and all(not f["can_pass"] for f in report["check_noise_forecast"].values())
+    assert "--convergence-points" in forecasts[0] and "--bdmc-points" in forecasts[1]  # said before their runs
+    assert len(warned) == len(failing) + 2 and all("\n" not in str(w.message) for w in warned)
     assert "raise --local-steps" in report["checks"]["local_converged"]["message"]
     assert "--ais-steps" in report["checks"]["log_px_above_iwae"]["message"]
+
+
+def test_the_noise_forecast_says_when_a_check_cannot_pass_and_what_budget_could():
+    """At 8 chains x 25 points the doubling check's s.e. was 0.11-0.15 nats: 2 s.e. beyond the
+    0.1 tolerance whatever the steps. The forecast (from the main run's per-point variance) says so
+    and names a budget that brings the s.e. to a quarter of the tolerance."""
+    per_point_var = 0.15 ** 2 * 25 / 2  # gives an s.e. of 0.15 on 25 points
+    log_px = Estimate(torch.zeros(100, dtype=torch.float64), torch.full((100,), per_point_var), "AIS")
+    forecast = noise_forecast(log_px, points=25, chains=8, tolerance=0.1)
+    assert forecast["mc_se"] == pytest.approx(0.15) and not forecast["can_pass"]
+    assert math.sqrt(2 * per_point_var / forecast["points_needed"]) <= 0.025 + 1e-12
+    assert math.sqrt(2 * per_point_var * 8 / forecast["chains_needed"] / 25) <= 0.025 + 1e-12
+    line = forecast_line("ais_doubling", forecast, 0.1)
+    assert "cannot pass" in line and f"--convergence-points {forecast['points_needed']}" in line
+    quiet = Estimate(torch.zeros(100, dtype=torch.float64), torch.full((100,), 1e-4), "AIS")
+    assert noise_forecast(quiet, 25, 8, 0.1)["can_pass"] and forecast_line("bdmc_bracket", noise_forecast(
+        quiet, 25, 8, 0.1), 0.1) is None
 
 
 def test_log_px_below_q_star_fails_even_when_everything_else_looks_fine():
