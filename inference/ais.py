@@ -22,6 +22,9 @@ adaptation) to 0.8.
 
 - Forward AIS from the prior: log w = sum_t (beta_t - beta_{t-1}) log p(x | z_{t-1}); per point,
   log p(x) ≈ logmeanexp over chains of log w, a stochastic lower bound (E[w] = p(x)).
+- Latents with a Gaussian-mixture prior (MFCVAE's facets) also get a Metropolis-Hastings jump
+  between components after each HMC transition (``mixture_jump``): HMC alone cannot cross the
+  valleys between well-separated components, and the bounds then stall whatever the length.
 - Reverse AIS from an exact posterior sample (available for data simulated from the model):
   E[1 / w_rev] = 1 / p(x), so -logmeanexp(-log w_rev) is a stochastic upper bound. Running both
   on simulated data brackets log p(x); the bracket's width says whether the chain is long enough.
@@ -38,6 +41,7 @@ from pyro.poutine.util import site_is_subsample
 from tqdm.auto import tqdm
 
 from .log_weights import DATA_PLATE, check_data, check_observed, sum_sites
+from .mixture_jump import gaussian_mixture_parts, log_responsibilities, propose
 
 PILOT_WARMUP = 20  # transitions at beta = 0, before annealing, in which the pilot finds the prior's step size
 
@@ -75,9 +79,10 @@ class AISResult:
     accept_rate: float  # mean over transitions, chains and points
     step_size: float  # mean step size over transitions and points
     wall_s: float
-    row_evals: int  # (chain, point) gradient evaluations of the chains: leapfrog steps x chains x points
+    row_evals: int  # (chain, point) gradient evaluations of the chains: (leapfrog steps + mixture jumps) x chains x points
     pilot_row_evals: int  # the same for the pilot chains (0 when the step sizes were given)
     direction: str
+    jump_sites: tuple = ()  # Gaussian-mixture latents whose chains also jump between components (``mixture_jump``)
 
 
 def beta_schedule(num_steps: int, kind: str = "sigmoid", delta: float = 4.0) -> torch.Tensor:
@@ -130,7 +135,20 @@ class LogJoint:
             self.latents.append((name, pos, moved.shape[2:]))
         self.latent_names = {name for name, _, _ in self.latents}
         self.num_points = next(iter(batch.values())).shape[0]
+        self.mixture_slices = self._mixture_slices(trace)
         self._initial = self.flatten({name: trace.nodes[name]["value"] for name in self.latent_names})
+
+    def _mixture_slices(self, trace) -> list[tuple[str, slice]]:
+        """Where in the flat vector each Gaussian-mixture latent lies (one value of the
+        component's size per chain and point), for the component jumps (``mixture_jump``)."""
+        slices, offset = [], 0
+        for name, pos, shape in self.latents:
+            size = math.prod(shape)
+            parts = gaussian_mixture_parts(trace.nodes[name]["fn"])
+            if parts is not None and pos == 1 and parts[1].shape[-2] > 1 and parts[1].shape[-1] == size:
+                slices.append((name, slice(offset, offset + size)))
+            offset += size
+        return slices
 
     def _trace(self, latents: dict):
         data = {**latents, **self.observed}
@@ -155,11 +173,17 @@ class LogJoint:
         return self._initial
 
     def __call__(self, z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.evaluate(z)[:2]
+
+    def evaluate(self, z: torch.Tensor):
+        """log p(z), log p(x | z) and each mixture site's components (``gaussian_mixture_parts``) at z."""
         with pyro.validation_enabled(False):  # the first trace was checked; the chains' are not re-validated
             trace = self._trace(self.unflatten(z))
         args = (self.num_chains, self.max_plate_nesting, False)
+        mixtures = [tuple(t.detach() for t in gaussian_mixture_parts(trace.nodes[name]["fn"]))
+                    for name, _ in self.mixture_slices]
         return (sum_sites(trace, *args, names=self.latent_names, data_plate=self.data_plate),
-                sum_sites(trace, *args, names=self.observed_names, data_plate=self.data_plate))
+                sum_sites(trace, *args, names=self.observed_names, data_plate=self.data_plate), mixtures)
 
 
 class _State:
@@ -168,7 +192,7 @@ class _State:
     def __init__(self, log_joint: LogJoint, z: torch.Tensor):
         z = z.detach().requires_grad_(True)
         with torch.enable_grad():
-            lp, ll = log_joint(z)
+            lp, ll, self.mixtures = log_joint.evaluate(z)
             self.gll = torch.autograd.grad(ll.sum(), z, retain_graph=True)[0]
             self.glp = torch.autograd.grad(lp.sum(), z)[0]
         self.z, self.lp, self.ll = z.detach(), lp.detach(), ll.detach()
@@ -186,6 +210,9 @@ class _State:
             setattr(self, key, torch.where(m, getattr(self, key), getattr(other, key)))
         for key in ("lp", "ll"):
             setattr(self, key, torch.where(mask, getattr(self, key), getattr(other, key)))
+        self.mixtures = [tuple(torch.where(mask.reshape(*mask.shape, *[1] * (mine.dim() - mask.dim())), mine, theirs)
+                               for mine, theirs in zip(own, others))
+                         for own, others in zip(self.mixtures, other.mixtures)]
         return self
 
 
@@ -204,6 +231,21 @@ def _hmc(log_joint, state: _State, beta: float, step_size: torch.Tensor, leapfro
     log_accept = torch.nan_to_num(h0 - h1, nan=-math.inf).clamp(max=0.0)
     accept = torch.rand_like(log_accept).log() < log_accept
     return new.select(accept, state), log_accept.exp()
+
+
+def _mixture_jumps(log_joint: LogJoint, state: _State, beta: float) -> _State:
+    """One jump between components per Gaussian-mixture site (``mixture_jump``), accepted by
+    Metropolis-Hastings per (chain, point): a pi_beta-invariant move HMC cannot make."""
+    for i, (_, where) in enumerate(log_joint.mixture_slices):
+        z_new, c_new, log_r, log_jacobian = propose(state.mixtures[i], state.z[..., where])
+        moved = state.z.clone()
+        moved[..., where] = z_new
+        candidate = _State(log_joint, moved)
+        log_r_back = log_responsibilities(candidate.mixtures[i], z_new).gather(-1, c_new.unsqueeze(-1)).squeeze(-1)
+        log_accept = (state.potential(beta) - candidate.potential(beta) + log_r_back - log_r + log_jacobian)
+        log_accept = torch.nan_to_num(log_accept, nan=-math.inf)
+        state = candidate.select(torch.rand_like(log_accept).log() < log_accept, state)
+    return state
 
 
 def jittered(step_size: torch.Tensor, jitter: float) -> torch.Tensor:
@@ -233,6 +275,7 @@ def _anneal(log_joint: LogJoint, betas: list, settings: AISSettings, start_z, re
         nonlocal state, log_eps
         state, accept_prob = _hmc(log_joint, state, beta, jittered(eps.expand(rows, b), settings.step_jitter),
                                   settings.leapfrog_steps)
+        state = _mixture_jumps(log_joint, state, beta)
         if rows > c:  # the pilot's acceptances, never the chains', move the step size
             log_eps = log_eps + settings.tune_rate * (accept_prob[c:].mean(0) - settings.target_accept)
         return accept_prob[:c]
@@ -296,6 +339,8 @@ def ais(model, batch: dict, settings: AISSettings = AISSettings(), max_plate_nes
                   else log_joint.prior_sample())
             given = None if step_sizes is None else step_sizes[:, lo:hi]
             log_w, accept, transitions, used = _anneal(log_joint, betas, settings, z0, reverse, bar, given)
+            per_transition = settings.leapfrog_steps + len(log_joint.mixture_slices)  # a jump costs one gradient
+            jump_sites = tuple(name for name, _ in log_joint.mixture_slices)
             log_ws.append(log_w)
             sizes.append(used)
             accepts.append(accept * (hi - lo))
@@ -307,9 +352,9 @@ def ais(model, batch: dict, settings: AISSettings = AISSettings(), max_plate_nes
     return AISResult(log_px=log_px.float(), log_weights=log_w.float(), step_sizes=used,
                      accept_rate=sum(accepts) / n, step_size=used.mean().item(),
                      wall_s=time.perf_counter() - started,
-                     row_evals=(1 + passes * settings.leapfrog_steps) * c * n,
-                     pilot_row_evals=(1 + passes * settings.leapfrog_steps) * (rows - c) * n,
-                     direction="reverse" if reverse else "forward")
+                     row_evals=(1 + passes * per_transition) * c * n,
+                     pilot_row_evals=(1 + passes * per_transition) * (rows - c) * n,
+                     direction="reverse" if reverse else "forward", jump_sites=jump_sites)
 
 
 def _chain_expand(values: dict | None, lo: int, hi: int, chains: int, max_plate_nesting: int):

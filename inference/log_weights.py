@@ -15,6 +15,8 @@ from pyro.poutine.util import site_is_subsample
 from guides import FlowDistribution
 from pyro_models.core import DATA_PLATE
 
+from .joint_sites import per_point_log_prob
+
 
 def log_weights(model, guide, num_particles: int, max_plate_nesting: int = 1, *, data_plate: str = DATA_PLATE,
                 **batch) -> torch.Tensor:
@@ -139,13 +141,9 @@ def sum_sites(trace, num_particles: int, max_plate_nesting: int, latent_only: bo
         if names is not None and name not in names:
             continue
         dims = {frame.name: frame.dim for frame in site["cond_indep_stack"]}
-        if data_plate not in dims and site["infer"].get("is_auxiliary"):
-            raise ValueError(
-                f"the guide's auxiliary site {name!r} holds every point's latents in one vector, outside the "
-                f"{data_plate!r} plate: its density does not split into one per point, so there are no per-point "
-                "weights (Pyro's AutoDiagonalNormal, AutoMultivariateNormal, AutoLowRankMultivariateNormal and "
-                "AutoIAFNormal are such guides); use AutoNormal, or guides.build_guide"
-            )
+        if data_plate not in dims and site["infer"].get("is_auxiliary"):  # a joint autoguide: each point's marginal
+            total = total + per_point_log_prob(trace, name, data_plate, rank)
+            continue
         if data_plate not in dims:
             raise ValueError(
                 f"site {name!r} is outside the {data_plate!r} plate: per-datapoint importance weights need every "

@@ -56,7 +56,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--ais-leapfrog", type=int, default=10, help="leapfrog steps per HMC transition (default: 10)")
     p.add_argument("--ais-schedule", choices=["sigmoid", "linear"], default="sigmoid")
     p.add_argument("--bdmc-points", type=int, default=25,
-                   help="points simulated from the model for the BDMC bracket (0: skip; default: 25)")
+                   help="points simulated from the model for the BDMC bracket, at most --num-points (0: skip; default: 25)")
     p.add_argument("--convergence-points", type=int, default=25,
                    help="re-run AIS with 2x the steps on this many points and check the change (0: skip; default: 25)")
     p.add_argument("--check-tolerance", type=float, default=0.1,

@@ -55,7 +55,7 @@ def plan_line(args, run, points: dict) -> str:
     num_points = next(iter(points.values())).shape[0]
     what = (f"{num_points} {args.split} points: AIS {args.ais_steps} steps x {args.ais_chains} chains x "
             f"{args.ais_leapfrog} leapfrog (doubled on {min(args.convergence_points, num_points)} points, BDMC on "
-            f"{args.bdmc_points} simulated points), IWAE-{args.iwae_k}, L[q] with {args.elbo_samples} samples, "
+            f"{min(args.bdmc_points, num_points)} simulated points), IWAE-{args.iwae_k}, L[q] with {args.elbo_samples} samples, "
             f"q* with up to {args.local_steps} steps")
     cost = duration(estimate_seconds(args, run, points))
     return f"{what}; about {cost}, timed on pilots (fewer --num-points, --ais-steps or --bdmc-points cut it)"

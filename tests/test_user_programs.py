@@ -166,6 +166,8 @@ def test_compile_samples_sequences_given_their_lengths():
     model = CompILE(CompILEConfig())
     samples = Predictive(model.model, num_samples=2)(lengths=torch.tensor([5, 7, 9]), relaxed=False)
     assert samples["tokens"].shape == (2, 3, model.config.max_length)
+    with pytest.raises(ValueError, match="give lengths="):  # was an AttributeError on None
+        model.model()
 
 
 # 3. what Pyro users pass ---------------------------------------------------------------------
@@ -196,8 +198,8 @@ def test_a_local_guide_and_local_optimisation_on_a_users_model_without_idx():
     svi = SVI(users_model, local, pyro.optim.Adam({"lr": 5e-2}), Trace_ELBO())
     losses = [svi.step(x) for _ in range(40)]  # the whole data set in order: no idx needed
     assert sum(losses[-5:]) < sum(losses[:5])
-    with pytest.raises(ValueError, match="idx="):
-        local(x[:10])  # a part of the data set without its rows is refused, not guessed
+    with pytest.raises(ValueError, match="idx=.*a model of your own must then take idx too"):
+        local(x[:10])  # a part of the data set without its rows is refused, not guessed, saying what to change
     result = optimise_local(users_model, local, {"x": x}, LocalOptSettings(init="prior", max_steps=200))
     assert result.steps > 0 and result.points_guide()(x=x)["z"].shape == (30, 2)
 

@@ -111,8 +111,8 @@ def continuous_estimates(model, guide, data: dict, settings: GapSettings = GapSe
     result = ais(model, data, a, max_plate_nesting, progress=progress, desc="AIS", data_plate=plate)
     log_px = Estimate.log_mean_exp(result.log_weights, (
         f"AIS: {a.num_steps} {a.schedule} steps, {a.num_chains} chains, HMC with {a.leapfrog_steps} leapfrog steps and "
-        f"step sizes set by {a.pilot_chains} pilot chains per point (a stochastic lower bound; MC error by the "
-        "delta method over chains)"))
+        f"step sizes set by {a.pilot_chains} pilot chains per point{jumps_note(result)} (a stochastic lower bound; "
+        "MC error by the delta method over chains)"))
     details["ais"] = ais_diagnostics(result)
     details["check_noise_forecast"] = forecast_check_noise(log_px, settings, notify)
     if settings.convergence_points > 0:
@@ -238,8 +238,14 @@ def forecast_check_noise(log_px: Estimate, settings: GapSettings, notify: Callab
                 warnings.warn(line, GapCheckWarning, stacklevel=3)
     return forecasts
 
+def jumps_note(result) -> str:
+    if not result.jump_sites:
+        return ""
+    return f", and a jump between mixture components per transition at {', '.join(result.jump_sites)}"
+
+
 def ais_diagnostics(result) -> dict:
-    return {"accept_rate": result.accept_rate, "mean_step_size": result.step_size, "wall_s": round(result.wall_s, 1),
+    return {"jump_sites": list(result.jump_sites), "accept_rate": result.accept_rate, "mean_step_size": result.step_size, "wall_s": round(result.wall_s, 1),
             "row_evals": result.row_evals, "pilot_row_evals": result.pilot_row_evals,
             "leapfrog_chain_points_per_s": (result.row_evals + result.pilot_row_evals) / result.wall_s}
 

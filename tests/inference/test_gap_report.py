@@ -7,6 +7,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 from conftest import known_answer, linear_ffg_guide
+from helpers import quadrature_log_px
 
 from guides import MeanFieldNormal, build_guide, guide_family
 from inference.ais import AISSettings
@@ -84,17 +85,6 @@ def test_linear_gaussian_gaps_equal_their_closed_forms(linear_gaussian):
         check = report["checks"][name]  # AIS above each bound; where the guide is near the posterior, IWAE-K is
         expected = PASS if check["difference"] >= 0 else INCONCLUSIVE  # within the noise of log p(x): either way
         assert check["status"] == expected and check["difference"] > -2 * check["mc_se"], check
-
-
-def quadrature_log_px(model: MFCVAE, x: torch.Tensor, size: int = 300, half_width: float = 6.0) -> torch.Tensor:
-    """log p(x) of an MFCVAE with two 1-d facets by a Riemann sum over a grid of (z0, z1)."""
-    grid = torch.linspace(-half_width, half_width, size)
-    z0, z1 = (z.reshape(-1, 1) for z in torch.meshgrid(grid, grid, indexing="ij"))
-    with torch.no_grad():
-        log_prior = model.facet_prior(0).log_prob(z0) + model.facet_prior(1).log_prob(z1)
-        likelihood = dist.Bernoulli(logits=model.decoder([z0, z1], None))
-        log_joint = torch.stack([log_prior + likelihood.log_prob(point).sum(-1) for point in x])
-    return torch.logsumexp(log_joint.double(), -1) + 2 * math.log(grid[1] - grid[0])
 
 
 def test_mfcvae_with_1d_facets_log_px_matches_quadrature():
