@@ -51,6 +51,22 @@ def write_idx(path, array: np.ndarray):
         f.write(array.astype(np.uint8).tobytes())
 
 
+def two_facet_1d_mfcvae(initial_variance: float):
+    """An MFCVAE on 8x8 images with two 1-d facets of 3 clusters (exact log p(x) by quadrature),
+    its decoder sharpened so that the posterior is not the prior."""
+    from pyro_models.mfcvae.model import MFCVAE, MFCVAEConfig
+
+    torch.manual_seed(0)
+    config = MFCVAEConfig(data_dim=64, image_shape=(8, 8), latent_dims=(1, 1), clusters=(3, 3),
+                          encoder_backbone=(32, 32), decoder_rungs=(32, 32), decoder_backbone=(32, 32),
+                          initial_variance=initial_variance)
+    model = MFCVAE(config)
+    with torch.no_grad():
+        for p in model.decoder.parameters():
+            p.mul_(3.0)
+    return model
+
+
 def quadrature_log_px(model, x: torch.Tensor, size: int = 300, half_width: float = 6.0) -> torch.Tensor:
     """log p(x) of an MFCVAE with two 1-d facets by a Riemann sum over a grid of (z0, z1)."""
     grid = torch.linspace(-half_width, half_width, size)

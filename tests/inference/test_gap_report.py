@@ -7,7 +7,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 from conftest import known_answer, linear_ffg_guide
-from helpers import quadrature_log_px
+from helpers import quadrature_log_px, two_facet_1d_mfcvae
 
 from guides import MeanFieldNormal, build_guide, guide_family
 from inference.ais import AISSettings
@@ -26,7 +26,6 @@ from inference.gap.checks import (
 from inference.gap.estimates import Estimate, GapEstimates, summarise
 from inference.gap.report import GapCheckWarning, GapSettings, gap_report
 from inference.local_opt import LocalOptSettings
-from pyro_models.mfcvae.model import MFCVAE, MFCVAEConfig
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -88,14 +87,8 @@ def test_linear_gaussian_gaps_equal_their_closed_forms(linear_gaussian):
 
 
 def test_mfcvae_with_1d_facets_log_px_matches_quadrature():
-    torch.manual_seed(0)
-    config = MFCVAEConfig(data_dim=64, image_shape=(8, 8), latent_dims=(1, 1), clusters=(3, 3),
-                          encoder_backbone=(32, 32), decoder_rungs=(32, 32), decoder_backbone=(32, 32),
-                          initial_variance=0.1)
-    model = MFCVAE(config)
+    model = two_facet_1d_mfcvae(initial_variance=0.1)
     with torch.no_grad():
-        for p in model.decoder.parameters():
-            p.mul_(3.0)  # a likelihood sharp enough that the posterior is not the prior
         _, observed = simulate(model.model, {"x": torch.zeros(20, 64)})
     x = observed["x"][0]
     exact = quadrature_log_px(model, x)

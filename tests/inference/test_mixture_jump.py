@@ -5,11 +5,10 @@ import pyro
 import pyro.distributions as dist
 import pytest
 import torch
-from helpers import quadrature_log_px
+from helpers import quadrature_log_px, two_facet_1d_mfcvae
 
 from inference.ais import AISSettings, LogJoint, _mixture_jumps, _State, ais
 from inference.bdmc import simulate
-from pyro_models.mfcvae.model import MFCVAE, MFCVAEConfig
 
 WEIGHTS = torch.tensor([0.2, 0.5, 0.3])
 LOCS = torch.tensor([[-6.0, 0.0], [0.0, 6.0], [6.0, -3.0]])
@@ -56,16 +55,10 @@ def test_jumps_from_one_component_reach_the_prior_weights_and_shapes(kind):
         assert ((inside.std(0) / spread[k]) - 1).abs().max() < 0.1, (k, inside.std(0), spread[k])
 
 
-def separated_mfcvae() -> MFCVAE:
+def separated_mfcvae():
     """Two 1-d facets of 3 clusters each, 3 apart with variance 0.05: a multimodal posterior."""
-    torch.manual_seed(0)
-    config = MFCVAEConfig(data_dim=64, image_shape=(8, 8), latent_dims=(1, 1), clusters=(3, 3),
-                          encoder_backbone=(32, 32), decoder_rungs=(32, 32), decoder_backbone=(32, 32),
-                          initial_variance=0.05)
-    model = MFCVAE(config)
+    model = two_facet_1d_mfcvae(initial_variance=0.05)
     with torch.no_grad():
-        for p in model.decoder.parameters():
-            p.mul_(3.0)
         model.set_clusters([torch.linspace(-3.0, 3.0, 3).reshape(-1, 1)] * 2)
     return model.eval()
 
