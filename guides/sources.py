@@ -40,7 +40,7 @@ def call_encoder(encoder: nn.Module, args: tuple, data: dict) -> torch.Tensor:
                     "tensor: give it a forward(**data) (e.g. wrap it in pyro_models.networks.KeywordInput)")
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _takes_keywords(encoder_cls: type, keys: frozenset) -> bool:
     """Whether ``encoder_cls.forward`` accepts these keywords (cached: guides call it every step)."""
     parameters = inspect.signature(encoder_cls.forward).parameters.values()

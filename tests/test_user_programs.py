@@ -246,7 +246,7 @@ def test_subsampling_gives_autoguides_one_parameter_per_point_and_the_full_data_
     data = torch.randn(100, 6)
     guide = AutoNormal(model.model)
     svi = SVI(model.model, guide, pyro.optim.Adam({"lr": 1e-2}), Trace_ELBO())
-    for step in range(3):
+    for _ in range(3):
         idx = torch.randperm(100)[:10]
         svi.step(data[idx], idx=idx, num_data=100)
     assert pyro.param("AutoNormal.locs.z").shape == (100, 2)  # per data point, not per batch position

@@ -94,7 +94,7 @@ def read_phone_labels(path: Path) -> dict[str, torch.Tensor]:
         try:
             labels[parts[0]] = torch.tensor([int(p) for p in parts[1:]], dtype=torch.long)
         except ValueError:
-            raise DataError(f"{path}, line {number}: expected 'utterance_id label label ...' with integer labels")
+            raise DataError(f"{path}, line {number}: expected 'utterance_id label label ...' with integer labels") from None
     return labels
 
 

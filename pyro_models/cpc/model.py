@@ -69,7 +69,7 @@ def check_layers(layers) -> None:
         raise ValueError("the encoder needs at least one layer")
     if layers[0][0] != 1:
         raise ValueError(f"the first encoder layer must take 1 input channel (raw waveform), not {layers[0][0]}")
-    for i, (c_in, c_out, kernel, stride, padding, dilation) in enumerate(layers):
+    for i, (c_in, c_out, kernel, stride, _padding, dilation) in enumerate(layers):
         if min(c_in, c_out, kernel, stride, dilation) < 1:
             raise ValueError(f"encoder layer {i + 1}: channels, kernel, stride and dilation must be positive")
         if i and c_in != layers[i - 1][1]:

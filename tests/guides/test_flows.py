@@ -52,7 +52,9 @@ def test_planar_one_step_by_hand(monkeypatch):
     expected = z0 + u_hat * torch.tanh((w * z0).sum(-1) + b).unsqueeze(-1)
     torch.testing.assert_close(z, expected)
     for i in range(4):  # log q by change of variables with an autograd Jacobian of eps -> z
-        step = lambda e: (loc[i] + scale[i] * e) + u_hat[i] * torch.tanh((w[i] * (loc[i] + scale[i] * e)).sum() + b[i])
+        def step(e, i=i):
+            return (loc[i] + scale[i] * e) + u_hat[i] * torch.tanh((w[i] * (loc[i] + scale[i] * e)).sum() + b[i])
+
         jac = torch.autograd.functional.jacobian(step, eps[i])
         torch.testing.assert_close(log_q[i], _std_normal(eps[i]) - torch.linalg.slogdet(jac)[1], atol=1e-5, rtol=1e-5)
     assert ((w * u_hat).sum(-1) >= -1).all()  # the invertibility condition
@@ -69,7 +71,7 @@ def test_flow_log_q_is_the_change_of_variables(family_cls, monkeypatch):
     eps = torch.randn(3, d, dtype=torch.float64)
     z, log_q, _ = _run_with_noise(family, params, [eps], monkeypatch)
     for i in range(3):
-        def f(e):
+        def f(e, i=i):
             out, _, _ = _run_with_noise(family, params[i:i + 1], [e.unsqueeze(0)], monkeypatch)
             return out[0]
         jac = torch.autograd.functional.jacobian(f, eps[i])
@@ -87,7 +89,7 @@ def test_auxiliary_flow_joint_log_q_is_the_change_of_variables(monkeypatch):
     eps, eta = torch.randn(2, d, dtype=torch.float64), torch.randn(2, d, dtype=torch.float64)
     z, log_q, v = _run_with_noise(family, params, [eps, eta], monkeypatch)
     for i in range(2):
-        def f(noise):
+        def f(noise, i=i):
             out, _, aux = _run_with_noise(family, params[i:i + 1], [noise[:d].unsqueeze(0), noise[d:].unsqueeze(0)],
                                           monkeypatch)
             return torch.cat([out[0], aux[0]])

@@ -43,4 +43,4 @@ def test_elbo_gradient_matches_closed_form():
     loss.backward()
     for name, est, p in zip(["W", "b", "log_noise", "guide table"], estimated, params):
         torch.testing.assert_close(est, p.grad, atol=0.03 * p.grad.abs().max().item() + 1e-3, rtol=0.05,
-                                   msg=lambda m: f"{name}: {m}")
+                                   msg=lambda m, name=name: f"{name}: {m}")

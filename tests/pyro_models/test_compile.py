@@ -41,7 +41,7 @@ def test_generator_distribution():
     assert torch.allclose(freq, torch.full((5,), 0.2), atol=0.01)
     assert torch.equal(batch.lengths, batch.boundaries[:, -1] + 1)
     for row in range(200):  # the sequence itself: [s1]*l1 + [s2]*l2 + [s3]*l3 + [EOS], padded with 0
-        expected = sum(([int(s)] * int(l) for s, l in zip(symbols[row], seg_lengths[row])), []) + [0]
+        expected = sum(([int(s)] * int(n) for s, n in zip(symbols[row], seg_lengths[row])), []) + [0]
         expected += [0] * (width - len(expected))
         assert batch.tokens[row].tolist() == expected
 
