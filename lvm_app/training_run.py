@@ -14,6 +14,7 @@ from inference import TrainSettings, train
 from inference.training.precision import with_precision
 from inference.training.run_files import write_json
 from inference.training.run_state import Checkpointer
+from inference.training.tensorboard_log import TensorBoardLog, remove_curves
 from lvm_app.command import program_name
 from lvm_app.device import UsageError
 from lvm_app.eval_mode import announcement, choose_protocol, settings_for
@@ -121,18 +122,23 @@ def train_prepared(p: Prepared, overwrite: bool, progress: bool) -> dict:
         if overwrite:
             for name in (*RUN_FILES, "best.pt", Checkpointer.PREVIOUS, Checkpointer.DIVERGED):
                 (p.out / name).unlink(missing_ok=True)
+            remove_curves(p.out)
         p.out.mkdir(parents=True, exist_ok=True)
         write_json(p.out / "config.json", p.config)
     batches = p.experiment.batches(p.ctx, p.data)
     t = p.train
+    curves = TensorBoardLog.open(p.out, p.resume_from["step"] if p.resume_from else None) if main_process else None
     try:
         return train(
             p.built.objective, p.built.modules, batches,
             TrainSettings(steps=t["steps"], lr=t["lr"], clip_norm=t["clip_norm"], log_every=min(t["log_every"], t["steps"]),
                           checkpoint_every=t["checkpoint_every"], progress=progress),
             p.out, resume=p.resume_from if p.resume_from is not None else False, schedule=p.experiment.schedule(p.ctx, p.built),
-            on_log=p.experiment.on_log(p.ctx, p.built, p.data), parallel=p.parallel, device=p.device)
+            on_log=p.experiment.on_log(p.ctx, p.built, p.data), parallel=p.parallel, device=p.device,
+            on_row=curves.scalars if curves is not None else None)
     finally:
+        if curves is not None:
+            curves.close()
         close = getattr(batches, "close", None)  # data-loading workers have nothing to do during evaluation
         if close is not None:
             close()
@@ -165,6 +171,11 @@ def evaluate_prepared(p: Prepared, last: dict, progress: bool) -> dict:
                     "train_wall_s": round(last["elapsed_s"], 1), "eval_wall_s": round(time.perf_counter() - started, 1)})
     write_json(p.out / "summary.json", summary)
     experiment.plot(p.ctx, p.built, p.data, p.out, summary)
+    curves = TensorBoardLog.open(p.out, quiet=True)
+    if curves is not None:
+        curves.images(p.out.glob("*.png"), last["step"])
+        curves.settings(p.config, summary, last["step"])
+        curves.close()
     print(json.dumps(summary, indent=2))
     print(f"wrote {p.out}/summary.json, metrics.csv, config.json, checkpoint.pt and plots")
     if parallel is not None:

@@ -76,7 +76,8 @@ class StopRequest:
 def train(objective: Callable[..., float], modules: dict, batch_for_step: Callable[[int], dict],
           settings: TrainSettings, out_dir: Path, resume: bool | dict = False,
           schedule: Callable[[int], dict] | None = None, on_log: Callable[[int], dict] | None = None,
-          parallel: Parallel | None = None, device: torch.device | None = None) -> dict:
+          parallel: Parallel | None = None, device: torch.device | None = None,
+          on_row: Callable[[dict], None] | None = None) -> dict:
     """Minimise ``objective(batch, **schedule(step))`` for ``settings.steps`` steps.
 
     ``modules`` (name -> nn.Module) hold every trained parameter; ``on_log(step)`` may return
@@ -87,6 +88,7 @@ def train(objective: Callable[..., float], modules: dict, batch_for_step: Callab
 
     ``parallel``: sharded steps, in one process or several (inference/training/parallel.py); only
     the main process writes files. ``device``: where each batch is moved (the modules' device).
+    ``on_row(row)``: each row as metrics.csv gets it (the main process only; e.g. TensorBoard).
     """
     main_process, out_dir = parallel is None or parallel.is_main, Path(out_dir)
     params = parameters_of(modules)
@@ -123,6 +125,8 @@ def train(objective: Callable[..., float], modules: dict, batch_for_step: Callab
                     last_row.update(on_log(run.step))
                 if log is not None:
                     log.write(last_row)
+                    if on_row is not None:
+                        on_row(last_row)
                 bar.set_postfix(loss=f"{last_row['loss']:.4g}")
             if run.step % settings.checkpoint_every == 0 or run.step == settings.steps:
                 checkpoints.save()

@@ -85,6 +85,8 @@ def test_two_processes_train_the_run_of_one(case, tmp_path):
     assert result.returncode == 0, result.stderr[-3000:]
     assert_same_run(tmp_path / "one", tmp_path / "two")
     assert not (tmp_path / "two" / "summary.json").read_text().count("NaN")
+    curves = [sorted((tmp_path / run / "tensorboard").glob("events*")) for run in ("one", "two")]
+    assert len(curves[0]) == len(curves[1])  # the main process alone writes TensorBoard's files
 
 
 @pytest.mark.slow
