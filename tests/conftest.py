@@ -34,7 +34,7 @@ def linear_ffg_guide(model):
 
 
 if os.environ.get("PYTEST_XDIST_WORKER"):  # pytest -n N: N workers share the cores, so each takes one
-    torch.set_num_threads(1)                  # (two threads per worker on 2 cores ran the suite 1.3x slower)
+    torch.set_num_threads(1)                  # (.ci/run on 2 cores: 13m36s with two threads per worker, 10m02s with one)
     os.environ.setdefault("OMP_NUM_THREADS", "1")  # and the commands the tests start inherit it
 
 
