@@ -20,6 +20,7 @@ from pyro.poutine.util import site_is_subsample
 from torch import nn
 
 from pyro_models.core import DATA_PLATE, NamedModule, latent_scale
+from pyro_models.networks import ELU
 
 from .sources import call_encoder
 
@@ -92,8 +93,8 @@ class AuxiliaryReverse(NamedModule):
         self.aux_sites = dict(aux_sites)
         self.encoder = encoder
         self.nets = nn.ModuleDict({
-            name: nn.Sequential(nn.Linear(z_dim + encoder_dim, hidden), nn.ELU(), nn.Linear(hidden, hidden),
-                                nn.ELU(), nn.Linear(hidden, 2 * v_dim))
+            name: nn.Sequential(nn.Linear(z_dim + encoder_dim, hidden), ELU(), nn.Linear(hidden, hidden),
+                                ELU(), nn.Linear(hidden, 2 * v_dim))
             for name, (z_dim, _, v_dim) in self.aux_sites.items()
         })
 

@@ -35,6 +35,7 @@ from pyro.distributions import constraints
 from torch import nn
 
 from pyro_models.core import softplus_inverse
+from pyro_models.networks import ELU
 
 from .auxiliary import AuxiliaryDraw
 from .family import Family
@@ -182,7 +183,7 @@ class PlanarFlowNormal(FlowFamily):
 
 
 def _coupling_net(n_in: int, hidden: int, n_out: int) -> nn.Sequential:
-    net = nn.Sequential(nn.Linear(n_in, hidden), nn.ELU(), nn.Linear(hidden, hidden), nn.ELU(),
+    net = nn.Sequential(nn.Linear(n_in, hidden), ELU(), nn.Linear(hidden, hidden), ELU(),
                         nn.Linear(hidden, 2 * n_out))
     nn.init.zeros_(net[-1].weight)  # every coupling starts as the identity
     nn.init.zeros_(net[-1].bias)

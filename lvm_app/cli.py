@@ -13,6 +13,7 @@ from inference import TrainingDiverged, TrainingInterrupted
 from inference.training.parallel import from_environment, shutdown
 from inference.training.precision import PRECISIONS
 from lvm_app.command import CommandParser, program_name, seed
+from lvm_app.compile_choice import COMPILE_CHOICES, COMPILE_HELP
 from lvm_app.config_flags import add_dataclass_flags, dataclass_from_args, given_fields
 from lvm_app.device import DEVICE_HELP, UsageError, resolve_device
 from lvm_app.eval_mode import PROTOCOLS
@@ -78,6 +79,7 @@ def build_parser(experiment=None) -> argparse.ArgumentParser:
                              "in bfloat16 and return float32; log-densities, losses and the evaluation stay float32. "
                              "Models: " + (", ".join(bf16_models()) or "none")
                              + ". --resume keeps the run's precision")
+    parser.add_argument("--compile", choices=COMPILE_CHOICES, default="auto", help=COMPILE_HELP)
     parser.add_argument("--shards", type=int,
                         help="cut each step's batch into this many shards, each with its own random stream, so that "
                              "1, 2, 4 processes (torchrun --nproc_per_node N) give the same run (default: the number "

@@ -38,6 +38,24 @@ def settings_for(experiment, settings, given: set[str], protocol: str):
     return dataclasses.replace(settings, **{k: v for k, v in values.items() if k not in given})
 
 
+def _seconds_of(experiment, ctx, built, data, seconds_per_step: float | None):
+    """plan -> estimated seconds (None when neither a pilot nor the training speed tells)."""
+    if experiment.evaluation_pass_seconds is not None:
+        pass_seconds = experiment.evaluation_pass_seconds(ctx, built, data)
+    else:
+        pass_seconds = None
+    if pass_seconds is None and seconds_per_step:
+        pass_seconds = seconds_per_step / (3 * ctx.batch_size)
+    if not pass_seconds:
+        return None
+
+    def seconds(plan) -> float:
+        flop_seconds = 1 / (MATRIX_EFFICIENCY * matmul_peak_gflops() * 1e9) if plan.flops else 0.0
+        return plan.point_passes * pass_seconds + plan.flops * flop_seconds
+
+    return seconds
+
+
 def duration(seconds: float) -> str:
     if seconds < 10:
         return f"{seconds:.1f} s"
@@ -47,8 +65,9 @@ def duration(seconds: float) -> str:
 
 
 def announcement(experiment, ctx, built, data, given: set[str], protocol: str, why: str,
-                 seconds_per_step: float | None) -> str | None:
-    """One line: what the evaluation computes, roughly how long it takes, and the other protocol's cost.
+                 seconds_per_step: float | None) -> tuple[str | None, float | None]:
+    """One line: what the evaluation computes, roughly how long it takes, and the other protocol's
+    cost; and the estimated seconds of this evaluation (None where nothing tells them).
 
     Seconds are the plan's point passes times the seconds of one, timed on a small pilot of the
     evaluation itself where the experiment has one (``evaluation_pass_seconds``), else from the
@@ -56,20 +75,13 @@ def announcement(experiment, ctx, built, data, given: set[str], protocol: str, w
     pass: rough, and too high where training is bound by per-step overhead)."""
     plan = experiment.evaluation_plan(ctx, built, data)
     if plan is None:
-        return None
-    if experiment.evaluation_pass_seconds is not None:
-        pass_seconds = experiment.evaluation_pass_seconds(ctx, built, data)
-    else:
-        pass_seconds = None
-    if pass_seconds is None and seconds_per_step:
-        pass_seconds = seconds_per_step / (3 * ctx.batch_size)
-
-    flop_seconds = 1 / (MATRIX_EFFICIENCY * matmul_peak_gflops() * 1e9) if plan.flops else 0.0
+        return None, None
+    seconds = _seconds_of(experiment, ctx, built, data, seconds_per_step)
 
     def cost(p) -> str:
-        if not pass_seconds:
+        if seconds is None:
             return f"{p.point_passes:.2g} point passes"
-        return f"about {duration(p.point_passes * pass_seconds + p.flops * flop_seconds)}"
+        return f"about {duration(seconds(p))}"
 
     line = f"evaluation ({protocol}: {why}): {plan.description}; {cost(plan)}"
     if experiment.quick_evaluation:
@@ -78,4 +90,4 @@ def announcement(experiment, ctx, built, data, given: set[str], protocol: str, w
         other_plan = experiment.evaluation_plan(other_ctx, built, data)
         if other_plan.description != plan.description:
             line += f" (--eval {other}: {cost(other_plan)})"
-    return line
+    return line, seconds(plan) if seconds is not None else None

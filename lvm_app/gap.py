@@ -33,6 +33,7 @@ from inference import AISSettings, GapSettings, LocalOptSettings, RefinedGuide
 from inference.gap import assemble, check_lines
 from inference.training.run_files import WriteFailed, write_json, write_text
 from lvm_app.command import CommandParser, program_name, seed
+from lvm_app.compile_choice import COMPILE_CHOICES, COMPILE_HELP, compile_for
 from lvm_app.device import DEVICE_CHOICES, UsageError, resolve_device
 from lvm_app.gap_continuous import NotApplicable, continuous_run_estimates
 from lvm_app.gap_markdown import markdown
@@ -78,6 +79,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=seed, default=0)
     p.add_argument("--device", default="cpu", help=f"{DEVICE_CHOICES} (default: cpu; a checkpoint written on any "
                    "device loads on any other)")
+    p.add_argument("--compile", choices=COMPILE_CHOICES, default="auto", help=COMPILE_HELP)
     p.add_argument("--threads", type=int, help="torch threads (default: torch's; 1 is faster on a busy machine)")
     p.add_argument("--no-progress", dest="progress", action="store_false")
     p.add_argument("--traceback", action="store_true")
@@ -121,9 +123,12 @@ def report_for_run(args) -> dict:
     if experiment.gap_estimates is not None:  # discrete latents: the model's own estimator
         if args.guide not in (None, ctx.guide):
             raise NotApplicable(f"model {experiment.name!r} takes q* of the run's own family ({ctx.guide}) only")
+        # their estimators (enumeration, recurrent networks) were not measured compiled: only when asked
+        compiled = args.compile == "on" and compile_for(built.modules.values(), PROG)
         estimates = experiment.gap_estimates(ctx, built, points, settings, args.progress)
     else:
         estimates = continuous_run_estimates(args, run, points, settings)
+        compiled = estimates.details["compiled"]
     report = {"model": experiment.name, "dataset": ctx.dataset, "guide": ctx.guide, "local_guide": ctx.guide,
               "split": args.split, "num_points": n, "checkpoint": str(args.checkpoint), "train_steps": run.step}
     saved_settings = run.config.get("settings", {})
@@ -135,6 +140,7 @@ def report_for_run(args) -> dict:
     exact = experiment.exact_log_px(built, points) if experiment.exact_log_px is not None else None
     report.update(assemble(estimates, args.check_tolerance, exact))
     report["settings"] = {k: v for k, v in vars(args).items() if k not in ("progress", "traceback")}
+    report["compiled"] = compiled
     report["wall_s"] = round(time.perf_counter() - started, 1)
     return report
 

@@ -8,9 +8,12 @@ from inference import GapEstimates, GapSettings
 from inference.gap import continuous_estimates
 from inference.throughput import matmul_peak_gflops
 from lvm_app.command import program_name
+from lvm_app.compile_choice import LONG_EVALUATION_S, compile_for, compiles
 from lvm_app.gap_plan import plan_line
 from pyro_models.core import device_of
 from pyro_models.networks import linear_flops
+
+PROG = program_name("run/gap.py")
 
 
 class NotApplicable(Exception):
@@ -38,8 +41,10 @@ def continuous_run_estimates(args, run, points: dict, settings: GapSettings) -> 
     if not all(site.support == "real" for site in model.latent_sites):
         raise NotApplicable(f"model {experiment.name!r} has discrete latents and no gap_estimates() of its own")
     family, init = local_family_for(args, run)
-    print(f"{program_name('run/gap.py')}: plan: {plan_line(args, run, points)}",
-          file=sys.stderr)
+    line, seconds = plan_line(args, run, points)
+    print(f"{PROG}: plan: {line}", file=sys.stderr)
+    compiled = (compiles(args.compile, "evaluation", device_of(model), seconds >= LONG_EVALUATION_S)
+                and compile_for(built.modules.values(), PROG))
     plain = experiment.plain_guide(built)  # q* starts from the encoder's own output
     local_guide = plain if family == run.ctx.guide else build_guide(
         guide_family(family), model.latent_sites, num_points=1).to(device_of(model))
@@ -47,8 +52,9 @@ def continuous_run_estimates(args, run, points: dict, settings: GapSettings) -> 
     estimates = continuous_estimates(
         model.model, guide, points, settings, guide_model=experiment.model_program(built), local_guide=local_guide,
         frozen_modules=list(built.modules.values()), max_plate_nesting=model.max_plate_nesting,
-        progress=args.progress, notify=lambda line: print(f"{program_name('run/gap.py')}: {line}", file=sys.stderr))
+        progress=args.progress, notify=lambda line: print(f"{PROG}: {line}", file=sys.stderr))
     estimates.details["local_guide"] = family
+    estimates.details["compiled"] = compiled
     add_decoder_throughput(estimates.details["ais"], model)
     return estimates
 

@@ -50,12 +50,13 @@ def estimate_seconds(args, run, points: dict) -> float:
     return seconds
 
 
-def plan_line(args, run, points: dict) -> str:
-    """One line: the work and an estimate of its time from pilots of it."""
+def plan_line(args, run, points: dict) -> tuple[str, float]:
+    """One line: the work and an estimate of its time from pilots of it; and the estimate in seconds."""
     num_points = next(iter(points.values())).shape[0]
     what = (f"{num_points} {args.split} points: AIS {args.ais_steps} steps x {args.ais_chains} chains x "
             f"{args.ais_leapfrog} leapfrog (doubled on {min(args.convergence_points, num_points)} points, BDMC on "
             f"{min(args.bdmc_points, num_points)} simulated points), IWAE-{args.iwae_k}, L[q] with {args.elbo_samples} samples, "
             f"q* with up to {args.local_steps} steps")
-    cost = duration(estimate_seconds(args, run, points))
-    return f"{what}; about {cost}, timed on pilots (fewer --num-points, --ais-steps or --bdmc-points cut it)"
+    seconds = estimate_seconds(args, run, points)
+    return (f"{what}; about {duration(seconds)}, timed on pilots (fewer --num-points, --ais-steps or --bdmc-points "
+            "cut it)"), seconds

@@ -87,7 +87,7 @@ def _run_locked(args, device) -> dict:
     summary.update({"eval": loaded.config["run"].get("eval"), "train_loss_last": rows[-1].get("loss") if rows else None})
     summary.update({"train_steps": loaded.step, "train_wall_s": round(extra.get("elapsed_s", 0.0), 1),
                     "eval_wall_s": round(time.perf_counter() - started, 1), "evaluated_by": "run/probe.py",
-                    "probe_settings_changed": changes})
+                    "probe_settings_changed": changes, "compiled": "no"})  # the probes run eagerly
     write_json(loaded.path / "summary.json", summary)
     loaded.experiment.plot(ctx, loaded.built, loaded.data, loaded.path, summary)
     print(json.dumps(summary, indent=2))

@@ -5,11 +5,12 @@ It may change its length, where the data are, the evaluation (``setting(..., eva
 fields and ``--eval``), and, after a divergence, a lower learning rate or a gradient clip (Adam's
 moments stay valid under either). The number of data-loading workers changes where batches are
 read, never what they hold, and how often checkpoints are written changes nothing the run computes; the device and the number of processes change where the run computes,
-not what: the shards fix its random streams. Anything else would make it a different experiment.
+not what: the shards fix its random streams; compiling changes speed, not results (to float
+tolerance). Anything else would make it a different experiment.
 """
 from lvm_app.saved_run import SavedRun
 
-RESUMABLE_CHANGES = {"steps", "progress", "data_dir", "epochs", "eval", "lr", "clip_norm", "data_workers", "device",
+RESUMABLE_CHANGES = {"compile", "steps", "progress", "data_dir", "epochs", "eval", "lr", "clip_norm", "data_workers", "device",
                      "processes", "checkpoint_every"}
 
 
@@ -17,11 +18,19 @@ class ResumeRefused(RuntimeError):
     """--resume with settings the saved run did not have (exit 1: the saved run makes it wrong)."""
 
 
+# Keys a run written before they existed lacks, with the value that ran it then.
+ADDED_LATER = {("train", "compile"): "auto"}
+
+
 def changed_settings(saved: dict, config: dict) -> dict:
     """{(section, key): (saved value, new value)} for every setting that differs."""
-    return {(section, key): (saved.get(section, {}).get(key), value)
-            for section in ("run", "train", "model_config", "settings")
-            for key, value in config[section].items() if saved.get(section, {}).get(key) != value}
+    changes = {}
+    for section in ("run", "train", "model_config", "settings"):
+        for key, value in config[section].items():
+            old = saved.get(section, {}).get(key, ADDED_LATER.get((section, key)))
+            if old != value:
+                changes[(section, key)] = (old, value)
+    return changes
 
 
 def check_resumable(saved: SavedRun, config: dict, evaluation_only: set[str]) -> dict:

@@ -16,6 +16,7 @@ from inference.training.run_files import write_json
 from inference.training.run_state import Checkpointer
 from inference.training.tensorboard_log import TensorBoardLog, remove_curves
 from lvm_app.command import program_name
+from lvm_app.compile_choice import LONG_EVALUATION_S, compile_for, compiles
 from lvm_app.device import UsageError
 from lvm_app.eval_mode import announcement, choose_protocol, settings_for
 from lvm_app.resume import check_resumable, config_after_resume
@@ -45,6 +46,7 @@ class Prepared:
     parallel: object
     device: object
     resume_from: dict | None  # the checkpoint a resumed run continues
+    compiled: str = "no"  # which stages ran compiled: "no", "evaluation", "training and evaluation"
 
 
 def train_config(experiment, args, ctx: RunContext, data, saved: SavedRun | None) -> dict:
@@ -63,6 +65,7 @@ def train_config(experiment, args, ctx: RunContext, data, saved: SavedRun | None
         "log_every": args.log_every or defaults.log_every,  # as asked: a later --resume may change --steps
         "checkpoint_every": args.checkpoint_every or defaults.checkpoint_every,
         "precision": args.precision or (saved.train["precision"] if saved else "fp32"),
+        "compile": args.compile,
     }
 
 
@@ -96,6 +99,9 @@ def prepare(experiment, args, saved: SavedRun | None, parallel, device) -> Prepa
         experiment.initialise(ctx, built, data)
     for module in built.modules.values():
         module.to(device)
+    compiled = "no"
+    if compiles(args.compile, "training", device) and compile_for(built.modules.values(), PROG):
+        compiled = "training and evaluation"
     built.objective = with_precision(built.objective, train_settings["precision"], device)
     run_info = {"model": args.model, "dataset": args.dataset, "guide": args.guide, "local": args.local,
                 "seed": args.seed, "data_dir": str(ctx.data_dir.path), "eval": protocol, "device": str(device),
@@ -109,7 +115,7 @@ def prepare(experiment, args, saved: SavedRun | None, parallel, device) -> Prepa
         print(f"{PROG}: {args.out} holds no checkpoint (its run stopped before the first one): starting from step 0",
               file=sys.stderr)
     return Prepared(experiment, ctx, data, built, train_settings, config, protocol, why, args.given_settings,
-                    Path(args.out), parallel, device, resume_from)
+                    Path(args.out), parallel, device, resume_from, compiled)
 
 
 def train_prepared(p: Prepared, overwrite: bool, progress: bool) -> dict:
@@ -162,13 +168,19 @@ def evaluate_prepared(p: Prepared, last: dict, progress: bool) -> dict:
         parallel.barrier()
         return {}
     seconds_per_step = last["elapsed_s"] / last["step"] if last["step"] else None
-    line = announcement(experiment, p.ctx, p.built, p.data, p.given_settings, p.protocol, p.why, seconds_per_step)
+    line, seconds = announcement(experiment, p.ctx, p.built, p.data, p.given_settings, p.protocol, p.why,
+                                 seconds_per_step)
     if line:
         print(f"{PROG}: {line}", file=sys.stderr)
     started = time.perf_counter()
+    long_evaluation = seconds is not None and seconds >= LONG_EVALUATION_S
+    if (p.compiled == "no" and compiles(p.train["compile"], "evaluation", p.device, long_evaluation)
+            and compile_for(p.built.modules.values(), PROG)):
+        p.compiled = "evaluation"
     summary = experiment.evaluate(p.ctx, p.built, p.data, p.out, progress, shared)
     summary.update({"eval": p.protocol, "train_steps": last["step"], "train_loss_last": last.get("loss"),
-                    "train_wall_s": round(last["elapsed_s"], 1), "eval_wall_s": round(time.perf_counter() - started, 1)})
+                    "train_wall_s": round(last["elapsed_s"], 1), "eval_wall_s": round(time.perf_counter() - started, 1),
+                    "compiled": p.compiled})
     write_json(p.out / "summary.json", summary)
     experiment.plot(p.ctx, p.built, p.data, p.out, summary)
     curves = TensorBoardLog.open(p.out, quiet=True)

@@ -1,13 +1,16 @@
 #!/usr/bin/env python
-"""Benchmarks, measured as ratios within one process (the machine is shared and noisy).
+"""Benchmarks of the VAE of Cremer et al., measured as ratios within one process (the machine is
+shared and noisy), eager and compiled (``pyro_models.compilation.compile_networks``):
 
-1. A training step of the Pyro VAE (model + amortised FFG guide + Trace_ELBO, through the
-   runner's objective) against a hand-written PyTorch VAE with the same networks, batch,
-   single-sample ELBO and Adam. Blocks of steps alternate between the two; medians are compared.
-2. The importance-sampling evaluator's throughput, in GFLOP/s of decoder matrix work, next to
-   the float32 matmul peak measured in the same process.
+1. A training step (batch 100): the Pyro VAE (model + amortised FFG guide + Trace_ELBO, through the
+   runner's objective and optimiser) against the same networks, loss and optimiser written directly
+   in PyTorch. Blocks of steps alternate between the variants; medians are compared.
+2. The importance-sampling evaluator (IWAE) and AIS: GFLOP/s of decoder matrix work next to the
+   float32 matmul peak measured in the same process.
 
-    python run/bench.py [--batch-size 100] [--iwae-points 500] [--iwae-k 1000] [--out bench.json]
+    python run/bench.py [--threads 1,2] [--batch-size 100] [--iwae-points 200] [--out bench.json]
+
+The compiled variants pay their compile time before timing (reported as ``compile_s``).
 """
 import argparse
 import json
@@ -25,8 +28,12 @@ from torch import nn  # noqa: E402
 
 from guides import MeanFieldNormal, build_guide  # noqa: E402
 from inference import ElboObjective, evaluate_importance  # noqa: E402
+from inference.ais import AISSettings, ais  # noqa: E402
 from inference.throughput import matmul_peak_gflops  # noqa: E402
+from inference.training.loop import make_optimizer  # noqa: E402
 from pyro_models import VAE, VAEConfig  # noqa: E402
+from pyro_models.compilation import compile_networks, set_compiled_likelihoods  # noqa: E402
+from pyro_models.core import registered_once  # noqa: E402
 from pyro_models.networks import linear_flops  # noqa: E402
 
 LOG_2PI = math.log(2 * math.pi)
@@ -54,6 +61,78 @@ class PlainVAE(nn.Module):
         return -(log_px + log_pz - log_qz).mean()
 
 
+def vae_and_guide(data_dim: int = 784):
+    pyro.set_rng_seed(0)
+    vae = VAE(VAEConfig(data_dim=data_dim))
+    encoder, encoder_dim = vae.make_encoder()
+    return vae, build_guide(MeanFieldNormal, vae.latent_sites, encoder=encoder, encoder_dim=encoder_dim)
+
+
+class Variant:
+    """One way of running a workload: eager or compiled networks (and likelihoods)."""
+
+    def __init__(self, compiled: bool, vae, guide):
+        self.compiled, self.vae, self.guide, self.compile_s = compiled, vae, guide, 0.0
+        if compiled:
+            started = time.perf_counter()
+            compile_networks(vae, guide)
+            self.compile_s = time.perf_counter() - started  # the rest is paid on the first calls
+
+    def __enter__(self):
+        set_compiled_likelihoods(self.compiled)  # the likelihood switch is process-wide
+        return self
+
+    def __exit__(self, *exc):
+        set_compiled_likelihoods(False)
+
+
+def twin_variants():
+    """An eager and a compiled VAE + guide with the same parameters."""
+    eager, compiled = vae_and_guide(), vae_and_guide()
+    for a, b in zip(eager, compiled):
+        b.load_state_dict(a.state_dict())
+    return Variant(False, *eager), Variant(True, *compiled)
+
+
+def bench_training_step(batch_size: int, rounds: int, block: int) -> dict:
+    eager, compiled = twin_variants()
+    x_batches = [torch.bernoulli(torch.full((batch_size, 784), 0.13)) for _ in range(8)]
+    steps = {}
+    for variant in (eager, compiled):
+        tag = "compiled" if variant.compiled else "eager"
+        params = list(variant.vae.parameters()) + list(variant.guide.parameters())
+        objective = ElboObjective(pyro.infer.Trace_ELBO(), variant.vae.model, variant.guide)
+        plain = PlainVAE(variant.vae, variant.guide)
+        pyro_opt, plain_opt = make_optimizer(params, 1e-4), make_optimizer(params, 1e-4)
+
+        def pyro_step(x, objective=objective, opt=pyro_opt):
+            opt.zero_grad(set_to_none=True)
+            objective({"x": x})
+            opt.step()
+
+        def plain_step(x, plain=plain, opt=plain_opt):
+            opt.zero_grad(set_to_none=True)
+            plain.loss(x).backward()
+            opt.step()
+
+        steps[f"pyro_{tag}"], steps[f"plain_{tag}"] = (variant, pyro_step), (variant, plain_step)
+    started = time.perf_counter()
+    for variant, step in steps.values():
+        with variant, registered_once():  # as the runner's loop registers the modules with Pyro
+            time_steps(step, x_batches, 30)  # warm up (and compile)
+    warm_up_s = time.perf_counter() - started
+    times = {name: [] for name in steps}
+    for _ in range(rounds):
+        for name, (variant, step) in steps.items():
+            with variant, registered_once():
+                times[name].append(time_steps(step, x_batches, block))
+    ms = {f"{name}_step_ms": statistics.median(t) * 1e3 for name, t in times.items()}
+    return {"batch_size": batch_size, **ms, "warm_up_and_compile_s": warm_up_s,
+            "pyro_over_plain_eager": ms["pyro_eager_step_ms"] / ms["plain_eager_step_ms"],
+            "pyro_over_plain_compiled": ms["pyro_compiled_step_ms"] / ms["plain_compiled_step_ms"],
+            "pyro_compiled_over_plain_eager": ms["pyro_compiled_step_ms"] / ms["plain_eager_step_ms"]}
+
+
 def time_steps(step, x_batches, n_steps):
     start = time.perf_counter()
     for i in range(n_steps):
@@ -61,81 +140,75 @@ def time_steps(step, x_batches, n_steps):
     return (time.perf_counter() - start) / n_steps
 
 
-def bench_training_step(batch_size: int, rounds: int, block: int, data_dim: int = 784) -> dict:
-    pyro.set_rng_seed(0)
-    vae = VAE(VAEConfig(data_dim=data_dim))
-    encoder, encoder_dim = vae.make_encoder()
-    guide = build_guide(MeanFieldNormal, vae.latent_sites, encoder=encoder, encoder_dim=encoder_dim)
-    objective = ElboObjective(pyro.infer.Trace_ELBO(), vae.model, guide)
-    params = list(vae.parameters()) + list(guide.parameters())
-    plain = PlainVAE(vae, guide)
-    pyro_opt, plain_opt = torch.optim.Adam(params, lr=1e-4), torch.optim.Adam(params, lr=1e-4)
-    x_batches = [torch.bernoulli(torch.full((batch_size, data_dim), 0.13)) for _ in range(8)]
-
-    def pyro_step(x):
-        pyro_opt.zero_grad(set_to_none=True)
-        objective({"x": x})
-        pyro_opt.step()
-
-    def plain_step(x):
-        plain_opt.zero_grad(set_to_none=True)
-        plain.loss(x).backward()
-        plain_opt.step()
-
-    for step in (pyro_step, plain_step):
-        time_steps(step, x_batches, 30)  # warm up
-    pyro_times, plain_times = [], []
-    for _ in range(rounds):
-        pyro_times.append(time_steps(pyro_step, x_batches, block))
-        plain_times.append(time_steps(plain_step, x_batches, block))
-    pyro_ms, plain_ms = statistics.median(pyro_times) * 1e3, statistics.median(plain_times) * 1e3
-    return {"batch_size": batch_size, "pyro_step_ms": pyro_ms, "plain_step_ms": plain_ms,
-            "pyro_over_plain": pyro_ms / plain_ms}
-
-
-def bench_iwae(points: int, k: int, max_rows: int, data_dim: int = 784) -> dict:
-    pyro.set_rng_seed(0)
-    vae = VAE(VAEConfig(data_dim=data_dim))
-    encoder, encoder_dim = vae.make_encoder()
-    guide = build_guide(MeanFieldNormal, vae.latent_sites, encoder=encoder, encoder_dim=encoder_dim)
-    x = torch.bernoulli(torch.full((points, data_dim), 0.13))
-    evaluate_importance(vae.model, guide, {"x": x[:10]}, 100, max_rows=max_rows)  # warm up
-    start = time.perf_counter()
-    evaluate_importance(vae.model, guide, {"x": x}, k, max_rows=max_rows)
-    seconds = time.perf_counter() - start
-    flops = points * k * linear_flops(vae.decoder)
-    return {"points": points, "k": k, "max_rows": max_rows, "seconds": seconds,
-            "decoder_gflops_per_s": flops / seconds / 1e9}
+def bench_estimators(points: int, k: int, max_rows: int, ais_settings: AISSettings, blocks: int) -> dict:
+    """IWAE-k and AIS on ``points`` random images, eager and compiled, alternating blocks; GFLOP/s
+    of decoder work (AIS: forward and gradient with respect to z) and the matmul peak alongside."""
+    x = torch.bernoulli(torch.full((points, 784), 0.13))
+    variants, rates, peaks = twin_variants(), {}, []
+    for variant in variants:
+        with variant:  # warm up (and compile: the evaluator's chunk shapes, then AIS's)
+            for _ in range(2):
+                evaluate_importance(variant.vae.model, variant.guide, {"x": x}, k, max_rows=max_rows)
+                ais(variant.vae.model, {"x": x}, AISSettings(num_steps=3, num_chains=ais_settings.num_chains,
+                                                             leapfrog_steps=2))
+    decoder_flops = linear_flops(variants[0].vae.decoder)
+    for _ in range(blocks):
+        peaks.append(matmul_peak_gflops(2048, 5))
+        for variant in variants:
+            tag = "compiled" if variant.compiled else "eager"
+            with variant:
+                started = time.perf_counter()
+                evaluate_importance(variant.vae.model, variant.guide, {"x": x}, k, max_rows=max_rows)
+                rates.setdefault(f"iwae_{tag}", []).append(points * k * decoder_flops / (time.perf_counter() - started))
+                started = time.perf_counter()
+                result = ais(variant.vae.model, {"x": x}, ais_settings)
+                rows = result.row_evals + getattr(result, "pilot_row_evals", 0)
+                rates.setdefault(f"ais_{tag}", []).append(rows * 2 * decoder_flops / (time.perf_counter() - started))
+    peak, out = max(peaks), {}
+    for name, values in rates.items():
+        out[f"{name}_gflops_per_s"] = statistics.median(values) / 1e9
+        out[f"{name}_fraction_of_peak"] = out[f"{name}_gflops_per_s"] / peak
+    return {"points": points, "iwae_k": k, "max_rows": max_rows, "ais": vars(ais_settings),
+            "matmul_peak_gflops_per_s": peak, **out}
 
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--threads", default="1,2", help="torch intra-op thread counts to measure (default: 1,2)")
     parser.add_argument("--batch-size", type=int, default=100)
-    parser.add_argument("--rounds", type=int, default=15, help="alternating blocks per variant")
+    parser.add_argument("--rounds", type=int, default=9, help="alternating blocks per variant")
     parser.add_argument("--block", type=int, default=40, help="steps per block")
-    parser.add_argument("--iwae-points", type=int, default=500)
+    parser.add_argument("--iwae-points", type=int, default=200)
     parser.add_argument("--iwae-k", type=int, default=1000)
-    parser.add_argument("--max-rows", type=int, default=None, help="evaluator chunk (default: its own)")
-    parser.add_argument("--threads", type=int, default=0, help="torch intra-op threads (0: torch's default)")
+    parser.add_argument("--max-rows", type=int, default=8192, help="particles x points per evaluator pass")
+    parser.add_argument("--ais-steps", type=int, default=100)
+    parser.add_argument("--ais-chains", type=int, default=16)
+    parser.add_argument("--blocks", type=int, default=3, help="alternating estimator blocks")
+    parser.add_argument("--skip-step", action="store_true", help="only the estimators")
+    parser.add_argument("--skip-estimators", action="store_true", help="only the training step")
     parser.add_argument("--out", help="also write the results as JSON here")
     args = parser.parse_args(argv)
-    if args.threads:
-        torch.set_num_threads(args.threads)
-
-    results = {"torch_threads": torch.get_num_threads()}
-    results["step"] = bench_training_step(args.batch_size, args.rounds, args.block)
-    step = results["step"]
-    print(f"training step, batch {args.batch_size}: Pyro {step['pyro_step_ms']:.2f} ms, plain PyTorch "
-          f"{step['plain_step_ms']:.2f} ms, ratio {step['pyro_over_plain']:.3f} (target <= 1.15)")
-    peak = matmul_peak_gflops(2048, 10)
-    kwargs = {} if args.max_rows is None else {"max_rows": args.max_rows}
-    iwae = bench_iwae(args.iwae_points, args.iwae_k, **{"max_rows": 32768, **kwargs})
-    peak = max(peak, matmul_peak_gflops(2048, 10))  # measured before and after, best of both
-    results.update({"matmul_peak_gflops_per_s": peak, "iwae": iwae,
-                    "iwae_fraction_of_peak": iwae["decoder_gflops_per_s"] / peak})
-    print(f"IWAE evaluator: {iwae['points']} points x K={iwae['k']} in {iwae['seconds']:.1f} s, "
-          f"{iwae['decoder_gflops_per_s']:.1f} GFLOP/s of decoder work = "
-          f"{100 * results['iwae_fraction_of_peak']:.0f}% of the measured matmul peak {peak:.1f} GFLOP/s (target >= 50%)")
+    results = {}
+    for threads in (int(t) for t in args.threads.split(",")):
+        torch.set_num_threads(threads)
+        r = results[f"threads_{threads}"] = {}
+        if not args.skip_step:
+            step = r["step"] = bench_training_step(args.batch_size, args.rounds, args.block)
+            print(f"[{threads} thread(s)] training step, batch {args.batch_size}: Pyro eager {step['pyro_eager_step_ms']:.2f} ms, "
+                  f"plain eager {step['plain_eager_step_ms']:.2f} ms (ratio {step['pyro_over_plain_eager']:.3f}, target <= 1.05); "
+                  f"Pyro compiled {step['pyro_compiled_step_ms']:.2f} ms, plain compiled {step['plain_compiled_step_ms']:.2f} ms "
+                  f"(ratio {step['pyro_over_plain_compiled']:.3f}); Pyro compiled / plain eager "
+                  f"{step['pyro_compiled_over_plain_eager']:.3f} (target <= 0.6)", flush=True)
+        if args.skip_estimators:
+            continue
+        est = r["estimators"] = bench_estimators(args.iwae_points, args.iwae_k, args.max_rows,
+                                                 AISSettings(num_steps=args.ais_steps, num_chains=args.ais_chains,
+                                                             leapfrog_steps=5), args.blocks)
+        for name in ("iwae", "ais"):
+            print(f"[{threads} thread(s)] {name.upper()}: eager {est[f'{name}_eager_gflops_per_s']:.1f} GFLOP/s "
+                  f"({100 * est[f'{name}_eager_fraction_of_peak']:.0f}% of the {est['matmul_peak_gflops_per_s']:.0f} GFLOP/s "
+                  f"matmul peak), compiled {est[f'{name}_compiled_gflops_per_s']:.1f} GFLOP/s "
+                  f"({100 * est[f'{name}_compiled_fraction_of_peak']:.0f}%; target >= 50%)", flush=True)
     if args.out:
         Path(args.out).write_text(json.dumps(results, indent=2) + "\n")
     return results

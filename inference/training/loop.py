@@ -13,6 +13,8 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
+from pyro_models.core import registered_once
+
 from .errors import TrainingDiverged, TrainingInterrupted
 from .metrics_log import MetricsLog, read_metrics
 from .parallel import LOG_STREAM, Parallel
@@ -101,7 +103,8 @@ def train(objective: Callable[..., float], modules: dict, batch_for_step: Callab
     last_row = {}
     bar = tqdm(total=settings.steps, initial=run.step, disable=not (settings.progress and main_process),
                desc="training", dynamic_ncols=True)
-    with StopRequest() as stop, bar:
+    # the optimiser moves the modules' own tensors: registering them with Pyro once is enough
+    with StopRequest() as stop, bar, registered_once():
         while run.step < settings.steps:
             if parallel.any(stop.requested) if parallel is not None else stop.requested:  # any process: all stop
                 checkpoints.save()

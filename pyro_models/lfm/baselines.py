@@ -5,6 +5,7 @@ from torch import nn
 
 from inference.objectives import Objective
 from pyro_models.lfm.model import bernoulli_kl, sequence_mask
+from pyro_models.networks import ELU
 
 BASELINES = ("none", "decaying", "neural")
 
@@ -15,7 +16,7 @@ class NeuralBaseline(nn.Module):
 
     def __init__(self, vocab_size: int, bits: int, hidden: int = 64):
         super().__init__()
-        self.net = nn.Sequential(nn.Linear(vocab_size + 1 + bits, hidden), nn.ELU(), nn.Linear(hidden, 1))
+        self.net = nn.Sequential(nn.Linear(vocab_size + 1 + bits, hidden), ELU(), nn.Linear(hidden, 1))
 
     def features(self, tokens, lengths, params):
         tokens = tokens[:, :int(lengths.max())]

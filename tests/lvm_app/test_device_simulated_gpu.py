@@ -19,7 +19,9 @@ from lvm_app import probe as probe_cli
 GAP = ["--num-points", "3", "--ais-steps", "5", "--ais-chains", "2", "--ais-leapfrog", "2", "--bdmc-points", "2",
        "--convergence-points", "2", "--iwae-k", "4", "--elbo-samples", "4", "--is-k", "8", "--local-steps", "3",
        "--local-particles", "2", "--no-progress"]
-SMALL = ["--steps", "4", "--log-every", "2", "--no-progress"]
+# --compile off: on a GPU, --compile auto compiles training; the simulated one runs CPU kernels
+# under a CUDA name, where compiling would only cost time (compiled paths: test_compiled_paths.py).
+SMALL = ["--steps", "4", "--log-every", "2", "--no-progress", "--compile", "off"]
 DENSITY = [*SMALL, "--iwae-k", "2", "--eval-points", "10", "--train-eval-points", "10"]
 MFCVAE = [*SMALL, "--iwae-k", "2", "--eval-points", "20", "--phase-steps", "2", "--fade-in-steps", "2",
           "--gmm-init-points", "200", "--batch-size", "32", "--log-eval-points", "20"]

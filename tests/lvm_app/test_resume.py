@@ -12,6 +12,7 @@ from helpers import module_states_equal
 
 from lvm_app import cli
 from lvm_app.registry import EXPERIMENTS
+from pyro_models.compilation import compiler_missing, set_compiled_likelihoods
 
 NEEDS_DATA = pytest.mark.skipif(not os.environ.get("PYRO_MODELS_DATA"),
                                 reason="PYRO_MODELS_DATA is not set (CI sets it to ../shared/data)")
@@ -166,3 +167,35 @@ def test_a_resume_may_write_checkpoints_more_or_less_often_and_logs_it(tmp_path)
     assert run([*argv[:3], "9", *argv[4:7], "1", *argv[8:]], tmp_path, "--resume") == 0
     config = json.loads((tmp_path / "config.json").read_text())
     assert config["resumed"] == [{"at_step": 6, "changed": {"checkpoint_every": [3, 1]}}]
+
+
+def test_a_resume_may_change_compile_and_a_run_from_before_the_flag_logs_nothing(tmp_path):
+    argv = ["--model", "linear_gaussian", "--steps", "4", "--log-every", "2", "--iwae-k", "2"]
+    out = tmp_path / "run"
+    assert run([*argv, "--compile", "off"], out) == 0
+    assert json.loads((out / "config.json").read_text())["train"]["compile"] == "off"
+    assert run([*argv[:3], "6", *argv[4:]], out, "--resume") == 0  # --compile auto, the default
+    config = json.loads((out / "config.json").read_text())
+    assert config["resumed"] == [{"at_step": 4, "changed": {"compile": ["off", "auto"]}}]
+    del config["train"]["compile"], config["resumed"]  # as a version before --compile wrote it
+    (out / "config.json").write_text(json.dumps(config))
+    assert run([*argv[:3], "8", *argv[4:]], out, "--resume") == 0
+    assert "resumed" not in json.loads((out / "config.json").read_text())
+    assert summary(out)["compiled"] == "no"  # auto: a CPU training step is not faster compiled
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(compiler_missing("cpu") is not None, reason="no C++ compiler for inductor here")
+def test_a_compiled_run_gives_the_eager_runs_numbers(tmp_path):
+    argv = ["--model", "linear_gaussian", "--steps", "6", "--log-every", "3", "--iwae-k", "4"]
+    assert run([*argv, "--compile", "off"], tmp_path / "eager") == 0
+    try:
+        assert run([*argv, "--compile", "on"], tmp_path / "compiled") == 0
+    finally:
+        set_compiled_likelihoods(False)
+    eager, compiled = summary(tmp_path / "eager"), summary(tmp_path / "compiled")
+    assert compiled.pop("compiled") == "training and evaluation" and eager.pop("compiled") == "no"
+    assert compiled.keys() == eager.keys()
+    for key, value in eager.items():
+        if isinstance(value, float) and key not in TIMING_KEYS:
+            assert compiled[key] == pytest.approx(value, rel=1e-4, abs=1e-4), key
