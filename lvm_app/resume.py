@@ -18,7 +18,8 @@ class ResumeRefused(RuntimeError):
     """--resume with settings the saved run did not have (exit 1: the saved run makes it wrong)."""
 
 
-# Keys a run written before they existed lacks, with the value that ran it then.
+# Keys a run written before they existed lacks, with the value that does what that run did
+# (auto: CPU training eager, as every run was then).
 ADDED_LATER = {("train", "compile"): "auto"}
 
 

@@ -13,7 +13,6 @@ shared and noisy), eager and compiled (``pyro_models.compilation.compile_network
 The compiled variants pay their compile time before timing (reported as ``compile_s``).
 """
 import argparse
-import json
 import math
 import statistics
 import sys
@@ -31,6 +30,7 @@ from inference import ElboObjective, evaluate_importance  # noqa: E402
 from inference.ais import AISSettings, ais  # noqa: E402
 from inference.throughput import matmul_peak_gflops  # noqa: E402
 from inference.training.loop import make_optimizer  # noqa: E402
+from inference.training.run_files import write_json  # noqa: E402
 from pyro_models import VAE, VAEConfig  # noqa: E402
 from pyro_models.compilation import compile_networks, set_compiled_likelihoods  # noqa: E402
 from pyro_models.core import registered_once  # noqa: E402
@@ -210,7 +210,7 @@ def main(argv=None):
                   f"matmul peak), compiled {est[f'{name}_compiled_gflops_per_s']:.1f} GFLOP/s "
                   f"({100 * est[f'{name}_compiled_fraction_of_peak']:.0f}%; target >= 50%)", flush=True)
     if args.out:
-        Path(args.out).write_text(json.dumps(results, indent=2) + "\n")
+        write_json(Path(args.out), results)  # atomically, never through a link
     return results
 
 

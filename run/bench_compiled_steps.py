@@ -9,7 +9,6 @@ The compile time is paid before timing and reported.
 CPC reads the spoken-digit recordings from the data directory ($PYRO_MODELS_DATA).
 """
 import argparse
-import json
 import statistics
 import sys
 import tempfile
@@ -21,6 +20,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import torch  # noqa: E402
 
 from inference.training.loop import make_optimizer, parameters_of  # noqa: E402
+from inference.training.run_files import write_json  # noqa: E402
 from lvm_app.cli import parse  # noqa: E402
 from lvm_app.training_run import prepare  # noqa: E402
 from pyro_models.compilation import compile_networks, set_compiled_likelihoods  # noqa: E402
@@ -89,7 +89,7 @@ def main(argv=None) -> int:
               f"({len(r['compiled_networks'])} networks compiled; compiling and warm-up "
               f"{r['compile_and_warm_up_s']:.0f} s)", flush=True)
     if args.out:
-        Path(args.out).write_text(json.dumps(results, indent=2) + "\n")
+        write_json(Path(args.out), results)  # atomically, never through a link
     return 0
 
 

@@ -16,6 +16,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from inference.training.run_files import write_json  # noqa: E402
+
 
 def one_run(latent_dist: str, flush: bool, steps: int, threads: int) -> dict:
     import pyro
@@ -73,7 +75,7 @@ def main(argv=None) -> int:
                   f"{r['late_step_ms']:.0f} ms (x{r['late_over_early']:.2f}); loss at the last step "
                   f"{r['loss_last_step']:.6f}", flush=True)
     if args.out:
-        Path(args.out).write_text(json.dumps(results, indent=2) + "\n")
+        write_json(Path(args.out), results)  # atomically, never through a link
     return 0
 
 
