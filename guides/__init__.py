@@ -12,10 +12,11 @@ from .mean_field import MeanFieldBernoulli, MeanFieldNormal
 from .registry import GUIDE_FAMILIES, guide_family
 from .relaxed import ConcreteBernoulli, StraightThroughBernoulli
 from .sources import AmortisedParams, LocalParams
+from .sylvester import SylvesterFlowNormal
 
 __all__ = [
     "Family", "Guide", "build_guide", "batch_size_of_call", "MeanFieldNormal", "GUIDE_FAMILIES",
     "guide_family", "LatentSite", "AmortisedParams", "LocalParams", "AuxiliaryReverse",
     "auxiliary_reverse_for", "with_auxiliary", "AuxiliaryFlowNormal", "FlowDistribution",
-    "PlanarFlowNormal", "RealNVPNormal", "MeanFieldBernoulli", "ConcreteBernoulli", "StraightThroughBernoulli",
+    "PlanarFlowNormal", "RealNVPNormal", "SylvesterFlowNormal", "MeanFieldBernoulli", "ConcreteBernoulli", "StraightThroughBernoulli",
 ]

@@ -79,7 +79,7 @@ def _lfm(guide, *extra):
                       tiny_train_args=(*_LFM_TINY, *extra), tiny_gap_args=("--num-points", "3", "--local-steps", "5"))
 
 
-FAMILIES = ("ffg", "planar", "realnvp", "auxflow")
+FAMILIES = ("ffg", "planar", "realnvp", "auxflow", "sylvester")
 # Semi-amortised FFG (inference.RefinedGuide; docs/results/amortisation.md): refined by 100 steps at
 # evaluation only (trained as the plain ffg), and SA-VAE-style training with 5 steps (stop-gradient).
 REFINED = (_vae("ffg", "refine100-eval", "--refine", "100", "--refine-lr", "0.002", "--refine-mode", "eval"),

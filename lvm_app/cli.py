@@ -12,6 +12,7 @@ from guides import GUIDE_FAMILIES
 from inference import TrainingDiverged, TrainingInterrupted
 from inference.training.parallel import from_environment, shutdown
 from inference.training.precision import PRECISIONS
+from inference.training.schedules import iwae_schedule_epochs
 from lvm_app.command import CommandParser, program_name, seed
 from lvm_app.compile_choice import COMPILE_CHOICES, COMPILE_HELP
 from lvm_app.config_flags import add_dataclass_flags, dataclass_from_args, given_fields
@@ -22,7 +23,7 @@ from lvm_app.resume import ResumeRefused
 from lvm_app.run_dir import check_destination
 from lvm_app.run_lock import RunInUse, RunLock
 from lvm_app.saved_run import SavedRun
-from lvm_app.training_run import evaluate_prepared, prepare, train_prepared
+from lvm_app.training_run import LR_SCHEDULES, evaluate_prepared, prepare, train_prepared
 from pyro_models.core import check_settings
 from pyro_models.datasets import DataError
 from pyro_models.experiment_kit.protocol import RunContext
@@ -65,6 +66,11 @@ def build_parser(experiment=None) -> argparse.ArgumentParser:
     length.add_argument("--epochs", type=float, help="passes over the training set (instead of --steps)")
     parser.add_argument("--batch-size", type=int, help="data points per step (default: the model's)")
     parser.add_argument("--lr", type=float, help="Adam learning rate (default: the model's)")
+    parser.add_argument("--lr-schedule", choices=LR_SCHEDULES,
+                        help="constant: --lr throughout (default); iwae: the schedule of Burda et al. that Cremer et al. "
+                             f"train with, 3^i epochs at --lr x 10^(-i/7) for i = 0..7 ({iwae_schedule_epochs():,} epochs "
+                             "in all: --epochs 3280), the rate then staying at its last value (an epoch: --epochs' own). "
+                             "--resume keeps the run's schedule")
     parser.add_argument("--clip-norm", type=float, help="clip the global gradient norm to this value")
     parser.add_argument("--log-every", type=int, help="steps between rows of metrics.csv")
     parser.add_argument("--checkpoint-every", type=int, help="steps between checkpoints")

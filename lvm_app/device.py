@@ -30,3 +30,17 @@ def resolve_device(name: str) -> torch.device:
     if device.type == "cuda" and device.index is not None and device.index >= count:
         raise UsageError(f"--device {name}: there are only {count} CUDA devices")
     return device
+
+
+def machine_fingerprint(device: torch.device) -> dict:
+    """What a run's float path depends on beyond its seed, written into summary.json and gap.json.
+
+    Training is chaotic: the same seed takes a different float path on a CPU whose torch kernels
+    use other vector instructions (``cpu_capability``: AVX512 vs AVX2), so a per-seed figure
+    reproduces only where these match (CompILE's Gaussian seed 7 ends at 1.000 on AVX512 and at
+    0.988 on AVX2: docs/results/compile.md)."""
+    fingerprint = {"torch": torch.__version__, "cpu_capability": torch.backends.cpu.get_cpu_capability(),
+                   "threads": torch.get_num_threads()}
+    if device.type == "cuda":
+        fingerprint["gpu"] = torch.cuda.get_device_name(device)
+    return fingerprint

@@ -34,7 +34,7 @@ from inference.gap import assemble, check_lines
 from inference.training.run_files import WriteFailed, write_json, write_text
 from lvm_app.command import CommandParser, program_name, seed
 from lvm_app.compile_choice import COMPILE_CHOICES, COMPILE_HELP, compile_for
-from lvm_app.device import DEVICE_CHOICES, UsageError, resolve_device
+from lvm_app.device import DEVICE_CHOICES, UsageError, machine_fingerprint, resolve_device
 from lvm_app.gap_continuous import NotApplicable, continuous_run_estimates
 from lvm_app.gap_markdown import markdown
 from lvm_app.run_dir import load_run
@@ -141,6 +141,7 @@ def report_for_run(args) -> dict:
     report.update(assemble(estimates, args.check_tolerance, exact))
     report["settings"] = {k: v for k, v in vars(args).items() if k not in ("progress", "traceback")}
     report["compiled"] = compiled
+    report["machine"] = machine_fingerprint(device)
     report["wall_s"] = round(time.perf_counter() - started, 1)
     return report
 

@@ -13,7 +13,7 @@ from pyro_models.core import check_settings
 
 # Train settings added since runs were first written, at the value those runs trained with
 # (shards None: the unsharded loop, whose random stream runs on from step to step).
-ADDED_TRAIN_SETTINGS = {"precision": "fp32", "shards": None}
+ADDED_TRAIN_SETTINGS = {"precision": "fp32", "shards": None, "lr_schedule": "constant"}
 CHECKPOINT_KEYS = ("step", "modules", "optimizer", "rng", "extra")
 
 

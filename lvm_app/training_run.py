@@ -14,10 +14,11 @@ from inference import TrainSettings, train
 from inference.training.precision import with_precision
 from inference.training.run_files import write_json
 from inference.training.run_state import Checkpointer
+from inference.training.schedules import iwae_learning_rates
 from inference.training.tensorboard_log import TensorBoardLog, remove_curves
 from lvm_app.command import program_name
 from lvm_app.compile_choice import LONG_EVALUATION_S, compile_for, compiles
-from lvm_app.device import UsageError
+from lvm_app.device import UsageError, machine_fingerprint
 from lvm_app.eval_mode import announcement, choose_protocol, settings_for
 from lvm_app.resume import check_resumable, config_after_resume
 from lvm_app.run_dir import RUN_FILES
@@ -66,7 +67,16 @@ def train_config(experiment, args, ctx: RunContext, data, saved: SavedRun | None
         "checkpoint_every": args.checkpoint_every or defaults.checkpoint_every,
         "precision": args.precision or (saved.train["precision"] if saved else "fp32"),
         "compile": args.compile,
+        "lr_schedule": args.lr_schedule or (saved.train["lr_schedule"] if saved else "constant"),
     }
+
+
+LR_SCHEDULES = ("constant", "iwae")
+
+
+def lr_factor(experiment, ctx: RunContext, data, schedule: str):
+    """--lr-schedule as step -> factor on the rate (None: constant)."""
+    return None if schedule == "constant" else iwae_learning_rates(experiment.steps_per_epoch(ctx, data))
 
 
 def run_context(experiment, args) -> RunContext:
@@ -138,7 +148,8 @@ def train_prepared(p: Prepared, overwrite: bool, progress: bool) -> dict:
         return train(
             p.built.objective, p.built.modules, batches,
             TrainSettings(steps=t["steps"], lr=t["lr"], clip_norm=t["clip_norm"], log_every=min(t["log_every"], t["steps"]),
-                          checkpoint_every=t["checkpoint_every"], progress=progress),
+                          checkpoint_every=t["checkpoint_every"], progress=progress,
+                          lr_factor=lr_factor(p.experiment, p.ctx, p.data, t["lr_schedule"])),
             p.out, resume=p.resume_from if p.resume_from is not None else False, schedule=p.experiment.schedule(p.ctx, p.built),
             on_log=p.experiment.on_log(p.ctx, p.built, p.data), parallel=p.parallel, device=p.device,
             on_row=curves.scalars if curves is not None else None)
@@ -180,7 +191,7 @@ def evaluate_prepared(p: Prepared, last: dict, progress: bool) -> dict:
     summary = experiment.evaluate(p.ctx, p.built, p.data, p.out, progress, shared)
     summary.update({"eval": p.protocol, "train_steps": last["step"], "train_loss_last": last.get("loss"),
                     "train_wall_s": round(last["elapsed_s"], 1), "eval_wall_s": round(time.perf_counter() - started, 1),
-                    "compiled": p.compiled})
+                    "compiled": p.compiled, "machine": machine_fingerprint(p.device)})
     write_json(p.out / "summary.json", summary)
     experiment.plot(p.ctx, p.built, p.data, p.out, summary)
     curves = TensorBoardLog.open(p.out, quiet=True)

@@ -29,7 +29,8 @@ def positive_ints(text: str) -> list[int]:
     return values
 
 
-def main(argv=None) -> int:
+def build_parser() -> argparse.ArgumentParser:
+    """The parser of the command line (the reproducibility test parses its documented commands)."""
     p = argparse.ArgumentParser(prog="run/ais_check.py", description=__doc__.split("\n\n")[0])
     p.add_argument("--steps", type=positive_ints, default=[300, 1000, 3000],
                    help="chain lengths (default: 300,1000,3000)")
@@ -39,6 +40,11 @@ def main(argv=None) -> int:
     p.add_argument("--leapfrog", type=int, default=5)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=1)
+    return p
+
+
+def main(argv=None) -> int:
+    p = build_parser()
     args = p.parse_args(argv)
     if args.replicates < 2:
         p.error("--replicates must be at least 2 (the standard error comes from their spread)")

@@ -172,7 +172,8 @@ def bench_estimators(points: int, k: int, max_rows: int, ais_settings: AISSettin
             "matmul_peak_gflops_per_s": peak, **out}
 
 
-def main(argv=None):
+def build_parser() -> argparse.ArgumentParser:
+    """The parser of the command line (the reproducibility test parses its documented commands)."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--threads", default="1,2", help="torch intra-op thread counts to measure (default: 1,2)")
     parser.add_argument("--batch-size", type=int, default=100)
@@ -187,6 +188,11 @@ def main(argv=None):
     parser.add_argument("--skip-step", action="store_true", help="only the estimators")
     parser.add_argument("--skip-estimators", action="store_true", help="only the training step")
     parser.add_argument("--out", help="also write the results as JSON here")
+    return parser
+
+
+def main(argv=None):
+    parser = build_parser()
     args = parser.parse_args(argv)
     results = {}
     for threads in (int(t) for t in args.threads.split(",")):

@@ -42,7 +42,8 @@ def run(label: str, launcher: list, args, out: Path) -> dict:
     return {"run": label, "steps_per_s": steps / seconds, "samples_per_s": steps * args.batch_size / seconds}
 
 
-def main(argv=None) -> int:
+def build_parser() -> argparse.ArgumentParser:
+    """The parser of the command line (the reproducibility test parses its documented commands)."""
     p = argparse.ArgumentParser(prog="run/bench_ddp.py", description=__doc__.split("\n\n")[0])
     p.add_argument("--model", default="vae")
     p.add_argument("--dataset", default="binarized_mnist")
@@ -52,6 +53,11 @@ def main(argv=None) -> int:
     p.add_argument("--repeats", type=int, default=1, help="rounds of the three runs (medians reported)")
     p.add_argument("--out", help="write the results as JSON here")
     p.add_argument("extra", nargs="*", help="more run/svi.py flags, after --")
+    return p
+
+
+def main(argv=None) -> int:
+    p = build_parser()
     args = p.parse_args(argv)
     if args.steps < 8:
         p.error("--steps must be at least 8")

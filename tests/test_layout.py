@@ -28,7 +28,7 @@ PAPER_FILES = {
     "vae": {"__init__": PROGRAM, "model": PROGRAM, "experiment": GLUE},
     "linear_gaussian": {"__init__": PROGRAM, "model": PROGRAM, "data": BELOW, "experiment": GLUE},
     "mfcvae": {"__init__": PROGRAM, "model": PROGRAM, "ladder": PROGRAM, "conv_ladder": PROGRAM,
-               "clustering": BELOW, "experiment": GLUE, "plots": GLUE},
+               "clustering": BELOW, "facet_use": BELOW, "experiment": GLUE, "plots": GLUE},
     "compile": {"__init__": PROGRAM, "model": PROGRAM, "guide": PROGRAM, "data": BELOW, "metrics": BELOW,
                 "gap": GLUE, "experiment": GLUE},
     "lfm": {"__init__": PROGRAM, "model": PROGRAM, "data": BELOW, "baselines": GLUE, "gap": GLUE,

@@ -32,6 +32,7 @@ class TrainSettings:
     log_every: int = 100
     checkpoint_every: int = 1000
     progress: bool = True
+    lr_factor: Callable[[int], float] | None = None  # step -> factor on ``lr`` (a schedule); None: constant
 
 
 def make_optimizer(params, lr: float) -> torch.optim.Adam:
@@ -117,11 +118,16 @@ def train(objective: Callable[..., float], modules: dict, batch_for_step: Callab
                 note = checkpoints.roll_back()  # this step's parameters, if the latest checkpoint holds them
                 raise TrainingDiverged(run.step + 1, what, run.checkpoint_step, checkpoints.path, note)
             checkpoints.confirm()
+            if settings.lr_factor is not None:  # set every step: a resumed run takes the schedule's rate
+                for group in optimizer.param_groups:
+                    group["lr"] = settings.lr * settings.lr_factor(run.step)
             optimizer.step()
             run.advance(loss)
             bar.update(1)
             if run.step % settings.log_every == 0 or run.step == settings.steps:
                 last_row = run.log_row(grad_norm)
+                if settings.lr_factor is not None:
+                    last_row["lr"] = settings.lr * settings.lr_factor(run.step - 1)  # the rate of the step just taken
                 if on_log is not None and main_process:
                     if parallel is not None:
                         parallel.seed_stream(run.step, LOG_STREAM)

@@ -41,3 +41,29 @@ def progressive_facets(num_facets: int, phase_steps: int, fade_in_steps: int):
         return {"latent_scales": {f"z{j}": w for j, w in enumerate(fade)}, "facet_fade": fade}
 
     return schedule
+
+
+IWAE_STAGES = 8  # Burda et al.'s schedule: stages i = 0..7, 3^i epochs each (3,280 epochs in all)
+
+
+def iwae_learning_rates(steps_per_epoch: int):
+    """Burda et al.'s schedule, which Cremer et al. train with: stage i lasts 3^i epochs at the base
+    rate x 10^(-i/7), i = 0..7 (epochs 0-1, 1-4, 4-13, ..., 1093-3280); after the last stage the
+    rate stays at its last value. Returns step -> the factor on the base rate.
+
+    A function of the step alone, so a run stopped and resumed follows the one long run's rates."""
+    if steps_per_epoch < 1:
+        raise ValueError(f"the IWAE schedule needs at least one step per epoch, got {steps_per_epoch}")
+
+    def factor(step: int) -> float:
+        stage = 0  # stage i ends after (3^(i+1) - 1) / 2 epochs
+        while stage < IWAE_STAGES - 1 and step >= (3 ** (stage + 1) - 1) // 2 * steps_per_epoch:
+            stage += 1
+        return 10.0 ** (-stage / 7)
+
+    return factor
+
+
+def iwae_schedule_epochs() -> int:
+    """The schedule's full length in epochs: 1 + 3 + ... + 3^7 = 3,280."""
+    return (3 ** IWAE_STAGES - 1) // 2

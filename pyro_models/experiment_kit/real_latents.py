@@ -40,7 +40,7 @@ class RealLatentSettings:
                              choices=("elbo", "iwae"))
     particles: int = setting(0, "particles K per data point of --objective iwae (needed with it; 0: not iwae)")
     gradient: str = setting("standard", "gradient of --objective iwae for the guide: standard, or dreg (doubly "
-                            "reparameterised, Tucker et al. 2019; not for planar)", choices=GRADIENTS)
+                            "reparameterised, Tucker et al. 2019; not for planar or sylvester)", choices=GRADIENTS)
     refine: int = setting(0, "semi-amortised guide: gradient steps per point on its own ELBO that refine the encoder's "
                           "parameters (0: none)")
     refine_lr: float = setting(REFINE_LR, "step size of each refinement step (with --refine)", valid=POSITIVE)
@@ -61,10 +61,10 @@ def check_objective_settings(settings, guide: str | None = None) -> None:
                          "draws one particle per point): add --objective iwae, or drop --particles")
     if settings.gradient == "dreg" and settings.objective != "iwae":
         raise ValueError("--gradient dreg needs --objective iwae --particles K (it is a gradient of the IWAE bound)")
-    if settings.gradient == "dreg" and guide == "planar":
-        raise ValueError("--gradient dreg does not apply to --guide planar: DReG scores each particle with the guide's "
-                         "parameters held fixed, and a planar flow has no closed-form inverse to score a point it did "
-                         "not sample; use --gradient standard, or --guide ffg, realnvp or auxflow")
+    if settings.gradient == "dreg" and guide in ("planar", "sylvester"):
+        raise ValueError(f"--gradient dreg does not apply to --guide {guide}: DReG scores each particle with the "
+                         f"guide's parameters held fixed, and a {guide} flow has no closed-form inverse to score a "
+                         "point it did not sample; use --gradient standard, or --guide ffg, realnvp or auxflow")
     if settings.gradient == "dreg" and settings.refine and settings.refine_mode == "full":
         raise ValueError("--gradient dreg with --refine-mode full: the refined q depends on the model's parameters "
                          "through the steps, so the model would not get the IWAE gradient; use --refine-mode detach "
@@ -77,9 +77,10 @@ def check_objective_settings(settings, guide: str | None = None) -> None:
 
 class RealLatentExperiment(Experiment):
     settings_cls = RealLatentSettings
-    guides = ("ffg", "planar", "realnvp", "auxflow")
+    guides = ("ffg", "planar", "realnvp", "auxflow", "sylvester")
     default_guide = "ffg"
-    guide_note = "its latent sites are real vectors, which the real-site families serve: ffg, planar, realnvp, auxflow"
+    guide_note = ("its latent sites are real vectors, which the real-site families serve: ffg, planar, realnvp, auxflow, "
+                  "sylvester")
     supports_local_guide = True
     shards_evaluation = True
     quick_evaluation = {"iwae_k": 100, "eval_points": 1000, "train_eval_points": 10000}
@@ -189,7 +190,7 @@ class RealLatentExperiment(Experiment):
                       parallel=parallel)
         summary = {}
         if guide.amortised:
-            n_train = settings.train_eval_points or train_x.shape[0]
+            n_train = min(settings.train_eval_points or train_x.shape[0], train_x.shape[0])  # the points scored
             train = score(program, guide, {"x": train_x[:n_train]}, 1, "train ELBO", common)
             summary.update({"train_elbo": train[0].elbo.double().mean().item(), "num_train_points": n_train})
             if train[1] is not None:

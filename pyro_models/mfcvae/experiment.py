@@ -1,6 +1,7 @@
 """MFCVAE (Falck et al. 2021): multi-facet clustering with a mixture-of-Gaussians prior per facet,
 progressive training, GMM-initialised clusters, and per-facet clustering scores."""
 import dataclasses
+import sys
 from dataclasses import dataclass
 
 import numpy as np
@@ -17,6 +18,7 @@ from pyro_models.experiment_kit.protocol import EvaluationPlan, RunContext, Trai
 from pyro_models.experiment_kit.real_latents import TRAIN_EVAL_BINARISATION_SEED, RealLatentExperiment
 from pyro_models.mfcvae import plots as mfcvae_plots
 from pyro_models.mfcvae.clustering import cluster_accuracy, clusters_used, nmi
+from pyro_models.mfcvae.facet_use import facet_use
 from pyro_models.mfcvae.model import MFCVAE, MFCVAEConfig
 
 GMM_SEED = 0
@@ -227,7 +229,10 @@ class MFCVAEExperiment(RealLatentExperiment):
                                      desc=f"IWAE-{settings.iwae_k}", parallel=parallel)
         summary = result.summary(label)
         summary.update({"iwae_k": settings.iwae_k, f"num_{label}_points": x.shape[0]})
-        summary.update(self.clustering_summary(built, x, labels, idx))
+        use = facet_use(self, built, x, idx)
+        summary.update(self.clustering_summary(built, x, labels, idx, unused=use["unused_facets"]))
+        summary.update(use)
+        warn_unused_facets(summary, built.model.num_facets)
         progressive = settings.progressive and built.model.num_facets > 1
         phase, fade = self.schedule_steps(ctx) if progressive else (None, None)
         summary.update({"phase_steps": phase, "fade_in_steps": fade})
@@ -240,7 +245,9 @@ class MFCVAEExperiment(RealLatentExperiment):
         return EvaluationPlan(f"IWAE-{settings.iwae_k} and the clustering scores on {n} points",
                               (settings.iwae_k + 1) * n)
 
-    def clustering_summary(self, built, x, labels, idx) -> dict:
+    def clustering_summary(self, built, x, labels, idx, unused=()) -> dict:
+        """Per facet its accuracy, NMI and clusters used; ``best_acc`` over the facets the decoder
+        uses (``unused``: facet_use's, whose clusters follow the encoder's features, not the model)."""
         if labels is None:
             return {}
         labels = labels[:x.shape[0]]
@@ -256,7 +263,8 @@ class MFCVAEExperiment(RealLatentExperiment):
                 summary.update({f"facet{j}_acc": scores[best], f"facet{j}_nmi": summary[f"facet{j}_nmi_{best}"],
                                 f"facet{j}_factor": best})
             summary[f"facet{j}_clusters_used"] = clusters_used(assignment)
-        summary["best_acc"] = max(summary[f"facet{j}_acc"] for j in range(built.model.num_facets))
+        used = [j for j in range(built.model.num_facets) if j not in unused] or range(built.model.num_facets)
+        summary["best_acc"] = max(summary[f"facet{j}_acc"] for j in used)
         return summary
 
     def plot(self, ctx: RunContext, built, data, out_dir, summary):
@@ -266,6 +274,16 @@ class MFCVAEExperiment(RealLatentExperiment):
         files += mfcvae_plots.all_plots(self, built, x, None if labels is None else primary_labels(labels[:x.shape[0]]),
                                         idx, tuple(data.image_shape), out_dir)
         return [f for f in files if f is not None]
+
+
+def warn_unused_facets(summary: dict, num_facets: int) -> None:
+    """One line on stderr per unused facet: its clustering scores describe the encoder's features."""
+    effects = ", ".join(f"facet {j}: {summary[f'facet{j}_decoder_effect']}" for j in range(num_facets))
+    for j in summary["unused_facets"]:
+        print(f"mfcvae: warning: facet {j} is unused by the decoder (giving each point another's z_{j} moves pixel "
+              f"probabilities by {summary[f'facet{j}_decoder_effect']} on average; {effects}); its clusters "
+              "follow the encoder's features, not the model: do not read its clustering scores as the model's",
+              file=sys.stderr)
 
 
 def primary_labels(labels: torch.Tensor) -> torch.Tensor:

@@ -106,7 +106,7 @@ def test_evaluation_refinement_does_not_lower_the_elbo_and_training_mode_eval_is
     assert torch.equal(refined(x=x)["z"], plain_z)
 
 
-@pytest.mark.parametrize("family", ["ffg", "planar", "realnvp", "auxflow"])
+@pytest.mark.parametrize("family", ["ffg", "planar", "realnvp", "auxflow", "sylvester"])
 def test_every_real_family_is_refined_and_scored_by_evaluate_importance(family):
     model, x = linear_model()
     encoder, width = model.make_encoder()

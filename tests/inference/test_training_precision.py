@@ -62,8 +62,8 @@ def density_programs(name: str, family: str):
     return program, guide, [m for m in (model, guide, reverse) if m is not None]
 
 
-CASES = [("vae", "ffg"), ("vae", "planar"), ("vae", "realnvp"), ("vae", "auxflow"), ("linear_gaussian", "ffg"),
-         ("mfcvae", "ffg"), ("mfcvae", "auxflow")]
+CASES = [("vae", "ffg"), ("vae", "planar"), ("vae", "realnvp"), ("vae", "auxflow"), ("vae", "sylvester"),
+         ("linear_gaussian", "ffg"), ("mfcvae", "ffg"), ("mfcvae", "auxflow")]
 
 
 @pytest.mark.parametrize("name,family", CASES)

@@ -247,3 +247,12 @@ def test_ctrl_c_while_the_command_starts_is_one_line_and_exit_130(tmp_path):
     _, err = process.communicate(timeout=120)
     assert process.returncode == 130 and "Traceback" not in err, err
     assert err.strip().splitlines()[-1].startswith("run/svi.py: ")
+
+
+def test_the_summary_counts_the_training_points_it_scored(tmp_path):
+    """--train-eval-points above the training set's size scores every point, and says how many."""
+    from lvm_app import cli
+
+    assert cli.main(["--model", "vae", "--steps", "1", "--iwae-k", "2", "--eval-points", "5", "--train-eval-points",
+                     "100000", "--out", str(tmp_path), "--no-progress"]) == 0
+    assert json.loads((tmp_path / "summary.json").read_text())["num_train_points"] == 1500  # the digits' training set

@@ -26,6 +26,9 @@ CASES = {
     "vae-refine-detach": ["--model", "vae", "--refine", "3", "--refine-mode", "detach", "--kl-warmup-steps", "10",
                           "--steps", "12", "--log-every", "5", "--iwae-k", "3", "--eval-points", "20",
                           "--train-eval-points", "20"],
+    # 3 steps per epoch: the interruption (step 7) falls in the schedule's second stage (epochs 1-4)
+    "vae-lr-schedule": ["--model", "vae", "--lr-schedule", "iwae", "--batch-size", "500", "--steps", "12",
+                        "--log-every", "5", "--iwae-k", "3", "--eval-points", "20", "--train-eval-points", "20"],
     "vae-local": ["--model", "vae", "--local", "--steps", "12", "--log-every", "5", "--batch-size", "50",
                   "--iwae-k", "3", "--eval-points", "20"],
     # the interruption (step 7) falls inside the fade-in of the second facet (steps 4 to 10)

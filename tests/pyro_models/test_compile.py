@@ -208,14 +208,15 @@ def test_greedy_boundaries_are_ordered_and_end_on_eos():
     assert ((positions[:, 1:] > positions[:, :-1]) | ended).all()
 
 
-@pytest.mark.parametrize("boundary_kl", ["first", "all"])
-def test_training_loss_charges_the_chosen_boundary_kls(boundary_kl):
+@pytest.mark.parametrize("boundary_kl, b_1, b_2", [("first", 0.1, 0.0), ("all", 0.1, 0.1), ("reference", 0.3, 0.0)])
+def test_training_loss_charges_the_chosen_boundary_kls(boundary_kl, b_1, b_2):
     """Default ("first", as the reference): rec + beta_b KL(b_1) + beta_z sum_i KL(z_i), b_2's KL out
-    of the training loss (still sampled); "all": every boundary's KL too. The objective the runner
-    minimises is checked against the sum written out on the same guide sample."""
+    of the training loss (still sampled); "all": every boundary's KL too; "reference": b_1's at the
+    authors' effective weight, num_segments (3) x beta_b. The objective the runner minimises is
+    checked against the sum written out on the same guide sample."""
     config = small_config(latent_dist="concrete", boundary_kl=boundary_kl)
     weights = config.kl_weights()
-    assert weights == {"b_1": 0.1, "b_2": 0.0 if boundary_kl == "first" else 0.1, "z_1": 0.1, "z_2": 0.1, "z_3": 0.1}
+    assert weights == pytest.approx({"b_1": b_1, "b_2": b_2, "z_1": 0.1, "z_2": 0.1, "z_3": 0.1})
     model, guide = CompILE(config), CompILEGuide(config)
     batch = generate(SPEC, 16, seeded_generator(6, 0)).model_inputs()
     pyro.set_rng_seed(1)

@@ -149,7 +149,8 @@ def test_two_steps_write_every_plot(tmp_path):
     for name in PLOTS:
         assert (tmp_path / name).stat().st_size > 0, name
     summary = json.loads((tmp_path / "summary.json").read_text())
-    for key in ("facet0_acc", "facet1_acc", "facet0_nmi", "facet1_clusters_used", "best_acc", "test_elbo", "test_iwae"):
+    for key in ("facet0_acc", "facet1_acc", "facet0_nmi", "facet1_clusters_used", "best_acc", "test_elbo", "test_iwae",
+                "facet0_decoder_effect", "facet1_kl", "facet1_used", "unused_facets"):
         assert key in summary, key
     assert summary["best_acc"] == max(summary["facet0_acc"], summary["facet1_acc"])
 
