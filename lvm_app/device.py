@@ -41,6 +41,6 @@ def machine_fingerprint(device: torch.device) -> dict:
     0.988 on AVX2: docs/results/compile.md)."""
     fingerprint = {"torch": torch.__version__, "cpu_capability": torch.backends.cpu.get_cpu_capability(),
                    "threads": torch.get_num_threads()}
-    if device.type == "cuda":
+    if device.type == "cuda" and torch.cuda.is_available():  # (a simulated GPU in the tests has no name)
         fingerprint["gpu"] = torch.cuda.get_device_name(device)
     return fingerprint

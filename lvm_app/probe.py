@@ -14,7 +14,7 @@ from pathlib import Path
 from inference.training.metrics_log import read_metrics
 from inference.training.run_files import write_json
 from lvm_app.command import CommandParser, program_name
-from lvm_app.device import DEVICE_HELP, UsageError, resolve_device
+from lvm_app.device import DEVICE_HELP, UsageError, machine_fingerprint, resolve_device
 from lvm_app.run_dir import load_run
 from lvm_app.run_lock import RunInUse, RunLock
 from pyro_models.cpc.experiment import BASELINES, parse_baselines
@@ -87,7 +87,8 @@ def _run_locked(args, device) -> dict:
     summary.update({"eval": loaded.config["run"].get("eval"), "train_loss_last": rows[-1].get("loss") if rows else None})
     summary.update({"train_steps": loaded.step, "train_wall_s": round(extra.get("elapsed_s", 0.0), 1),
                     "eval_wall_s": round(time.perf_counter() - started, 1), "evaluated_by": "run/probe.py",
-                    "probe_settings_changed": changes, "compiled": "no"})  # the probes run eagerly
+                    "probe_settings_changed": changes, "compiled": "no",  # the probes run eagerly
+                    "machine": machine_fingerprint(device)})
     write_json(loaded.path / "summary.json", summary)
     loaded.experiment.plot(ctx, loaded.built, loaded.data, loaded.path, summary)
     print(json.dumps(summary, indent=2))
