@@ -20,7 +20,7 @@ own model and guide runs are hidden from the caller's handlers (``poutine.block`
 samples are drawn by repeating the batch S times, and then the caller's particles are all drawn
 from the one refined q(z; lambda_T). So the refined guide is a guide like any other: Trace_ELBO,
 ``log_weights``, ``evaluate_importance`` and ``IwaeObjective`` score it, with every real-site
-family (ffg, planar, realnvp, and auxflow with the model ``guides.with_auxiliary`` makes).
+family (ffg, planar, realnvp, sylvester, and auxflow with the model ``guides.with_auxiliary`` makes).
 
 Modes (``mode``), for the module in training mode (``.train()``); in evaluation mode
 (``.eval()``) every mode refines from the encoder's detached output and returns detached
@@ -104,7 +104,7 @@ class RefinedGuide(nn.Module):
             if family.site.support != "real":
                 raise ValueError(f"RefinedGuide refines by reparameterised gradients, which {type(family).__name__} "
                                  f"(site {family.site.name!r}, {family.site.support} support) does not have: it "
-                                 "applies to the real-site families (ffg, planar, realnvp, auxflow)")
+                                 "applies to the real-site families (ffg, planar, realnvp, auxflow, sylvester)")
         self.guide = guide
         object.__setattr__(self, "model", model)  # a reference, not a submodule
         self.steps = steps
